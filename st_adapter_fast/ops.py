@@ -1,0 +1,179 @@
+"""The ST-Adapter op: input checks, backend choice, and the registered ops with their autograd.
+
+`st_adapter(...)` is the one entry point. The Triton path is a pair of `torch.library.custom_op`s
+(`st_adapter_fast::adapter_fwd` / `adapter_bwd`) with fake implementations, so torch.compile sees
+them as opaque nodes with known output shapes and never breaks the graph on them.
+"""
+import warnings
+
+import torch
+
+from .activations import activation_op_name, check_activation
+from .reference import st_adapter_reference
+from .validation import check_adapter_inputs
+
+BACKENDS = ("auto", "triton", "cuda", "cpu", "reference")
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+MAX_TRITON_KERNEL_T = 7
+
+try:
+    import triton  # noqa: F401
+    HAS_TRITON = True
+except ImportError:  # the package still works, on the reference path
+    HAS_TRITON = False
+
+_warned = set()
+
+
+def _warn_once(message):
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, stacklevel=3)
+
+
+def _interpreting():
+    from .triton.common import interpreting
+    return interpreting()
+
+
+def _triton_unsupported_reason(x, compute_dtype, kernel_size):
+    """Why the Triton path cannot run this call, or None if it can."""
+    if not HAS_TRITON:
+        return "triton is not installed"
+    if not (x.is_cuda or _interpreting()):
+        return f"x is on {x.device}; Triton kernels need a CUDA device (or TRITON_INTERPRET=1 on the CPU)"
+    if compute_dtype not in TRITON_DTYPES:
+        return f"dtype {compute_dtype} is not supported by the Triton kernels (float32, bfloat16, float16 are)"
+    kt, kh, kw = kernel_size
+    if (kh, kw) != (1, 1) or kt > MAX_TRITON_KERNEL_T:
+        return (f"kernel_size {tuple(kernel_size)} is not temporal (kt, 1, 1) with kt <= {MAX_TRITON_KERNEL_T}, "
+                "which is what the fused Triton kernels cover")
+    return None
+
+
+def choose_backend(backend, x, compute_dtype, kernel_size):
+    """Resolve `backend` to the path that runs ("triton" or "reference"), or raise why it cannot."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "reference":
+        return "reference"
+    if backend in ("cuda", "cpu"):
+        raise RuntimeError(
+            f"backend={backend!r} needs the compiled extension st_adapter_fast._C, which is not part of this "
+            "build; use backend='auto', 'triton' or 'reference'")
+    reason = _triton_unsupported_reason(x, compute_dtype, kernel_size)
+    if backend == "triton":
+        if reason is not None:
+            raise ValueError(f"backend='triton' cannot run this input: {reason}")
+        return "triton"
+    # auto: the fused path wherever it applies on a GPU; on the CPU the reference is the fast path for now.
+    if not x.is_cuda:
+        return "reference"
+    if reason is not None:
+        _warn_once(f"st_adapter_fast: falling back to the (slower) reference path: {reason}")
+        return "reference"
+    return "triton"
+
+
+def st_adapter(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, *,
+               activation="gelu", num_prefix_tokens=1, grid_size=None, backend="auto"):
+    """Apply one ST-Adapter to tokens ``x`` of shape (B*T, L, C); returns a new (B*T, L, C) tensor.
+
+    ``y = x`` on the first ``num_prefix_tokens`` tokens of each frame and, on the patch tokens,
+    ``y = x + fc2(act(conv(fc1(x))))`` with ``conv`` the depthwise Conv3d over (T, H, W).
+
+    Args:
+        x: tokens, frames of one clip consecutive along dim 0; only its last stride must be 1.
+        num_frames: T, frames per clip.
+        fc1_weight, fc1_bias: (Ca, C), (Ca,).  conv_weight, conv_bias: (Ca, 1, kt, kh, kw), (Ca,).
+        fc2_weight, fc2_bias: (C, Ca), (C,).
+        activation: "gelu", "quick_gelu" or None.
+        num_prefix_tokens: class/register tokens per frame, passed through unchanged.
+        grid_size: (H, W) of the patch grid; default: square root of the patch count.
+        backend: "auto" (fastest correct path for the device), "triton", "cuda", "cpu" or "reference".
+
+    Under autocast the parameters are cast to the autocast dtype and the result has dtype
+    ``promote_types(x.dtype, autocast dtype)``, as the reference gives.
+    """
+    check_activation(activation)
+    device_type = x.device.type if isinstance(x, torch.Tensor) else "cpu"
+    autocast = torch.is_autocast_enabled(device_type)
+    params = (fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias)
+    shape = check_adapter_inputs(x, num_frames, *params, num_prefix_tokens=num_prefix_tokens,
+                                 grid_size=grid_size, allow_mixed_dtype=autocast)
+    compute_dtype = torch.get_autocast_dtype(device_type) if autocast else fc1_weight.dtype
+    path = choose_backend(backend, x, compute_dtype, shape.kernel_size)
+    if path == "reference":
+        return st_adapter_reference(x, num_frames, *params, activation=activation,
+                                    num_prefix_tokens=num_prefix_tokens, grid_size=grid_size)
+    if autocast:
+        params = tuple(p.to(compute_dtype) for p in params)
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    need_h = torch.is_grad_enabled() and any(t.requires_grad for t in (x,) + params)
+    y, _ = adapter_fwd(x, *params, num_frames, num_prefix_tokens, activation_op_name(activation), need_h)
+    return y
+
+
+# ---------------------------------------------------------------------------------------------------
+# Registered ops (Triton path). Arguments arrive validated from st_adapter().
+
+@torch.library.custom_op("st_adapter_fast::adapter_fwd", mutates_args=())
+def adapter_fwd(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, conv_weight: torch.Tensor,
+                conv_bias: torch.Tensor, fc2_weight: torch.Tensor, fc2_bias: torch.Tensor, num_frames: int,
+                num_prefix_tokens: int, activation: str, need_h: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, h): the adapter output and, when need_h, fc1's output on the patch tokens (saved for backward)."""
+    from .triton.adapter import adapter_forward
+    with torch.autocast(x.device.type, enabled=False):
+        return adapter_forward(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias,
+                               num_frames, num_prefix_tokens, activation, need_h)
+
+
+@adapter_fwd.register_fake
+def _(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, num_frames, num_prefix_tokens,
+      activation, need_h):
+    frames, num_tokens, _ = x.shape
+    h_shape = (frames, num_tokens - num_prefix_tokens, fc1_weight.shape[0]) if need_h else (0, 1, 1)
+    y = x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, fc1_weight.dtype))
+    return y, x.new_empty(h_shape, dtype=fc1_weight.dtype)
+
+
+@torch.library.custom_op("st_adapter_fast::adapter_bwd", mutates_args=())
+def adapter_bwd(grad_y: torch.Tensor, x: torch.Tensor, h: torch.Tensor, fc1_weight: torch.Tensor,
+                conv_weight: torch.Tensor, conv_bias: torch.Tensor, fc2_weight: torch.Tensor, num_frames: int,
+                num_prefix_tokens: int, activation: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                  torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                  torch.Tensor]:
+    """Gradients of adapter_fwd's y w.r.t. (x, fc1.weight, fc1.bias, conv.weight, conv.bias, fc2.weight, fc2.bias)."""
+    from .triton.adapter import adapter_backward
+    with torch.autocast(x.device.type, enabled=False):
+        return adapter_backward(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight,
+                                num_frames, num_prefix_tokens, activation)
+
+
+@adapter_bwd.register_fake
+def _(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight, num_frames, num_prefix_tokens, activation):
+    ca, c = fc1_weight.shape
+    new = lambda *shape: fc1_weight.new_empty(shape)
+    return (torch.empty_like(x), new(ca, c), new(ca), torch.empty_like(conv_weight), new(ca), new(c, ca), new(c))
+
+
+def _setup_context(ctx, inputs, output):
+    x, fc1_weight, _, conv_weight, conv_bias, fc2_weight, _, num_frames, num_prefix_tokens, activation, need_h = inputs
+    _, h = output
+    if not need_h:
+        return
+    # x is alive anyway (the block's input); h is the only activation saved; conv/act are recomputed.
+    ctx.save_for_backward(x, h, fc1_weight, conv_weight, conv_bias, fc2_weight)
+    ctx.config = (num_frames, num_prefix_tokens, activation)
+    ctx.mark_non_differentiable(h)
+
+
+def _backward(ctx, grad_y, _grad_h):
+    if not ctx.saved_tensors:
+        raise RuntimeError("st_adapter_fast: backward through an adapter call made without gradients enabled")
+    grads = adapter_bwd(grad_y, *ctx.saved_tensors, *ctx.config)
+    return (*grads, None, None, None, None)
+
+
+adapter_fwd.register_autograd(_backward, setup_context=_setup_context)

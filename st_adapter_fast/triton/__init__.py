@@ -1,0 +1,1 @@
+"""Triton kernels. Import only where triton is installed; `ops.py` decides when they are used."""

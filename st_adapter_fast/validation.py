@@ -1,0 +1,127 @@
+"""Input checks shared by every entry point (the op, the reference module).
+
+Everything a kernel relies on is checked here, before any kernel runs, and a bad input gets a
+``TypeError``/``ValueError`` that names the argument and says what was expected.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+@dataclass(frozen=True)
+class AdapterShape:
+    """Sizes of one adapter call: B clips of T frames, L = P prefix + N = H*W patch tokens."""
+
+    batch: int
+    num_frames: int
+    num_tokens: int
+    num_prefix_tokens: int
+    height: int
+    width: int
+    channels: int
+    adapter_channels: int
+    kernel_size: tuple
+
+    @property
+    def num_patches(self):
+        return self.num_tokens - self.num_prefix_tokens
+
+
+def resolve_grid(num_patches, grid_size):
+    """(H, W) of the patch grid: `grid_size` if given, else the square root of the patch count."""
+    if grid_size is None:
+        side = math.isqrt(num_patches)
+        if side * side != num_patches:
+            raise ValueError(
+                f"grid_size: {num_patches} patch tokens is not a square number; pass grid_size=(H, W) "
+                "with H * W equal to the number of patch tokens")
+        return side, side
+    if (not isinstance(grid_size, (tuple, list)) or len(grid_size) != 2
+            or not all(isinstance(s, int) and s > 0 for s in grid_size)):
+        raise ValueError(f"grid_size must be a pair of positive ints (H, W), got {grid_size!r}")
+    height, width = grid_size
+    if height * width != num_patches:
+        raise ValueError(
+            f"grid_size={tuple(grid_size)} holds {height * width} patches but x has {num_patches} "
+            "patch tokens (L - num_prefix_tokens)")
+    return height, width
+
+
+def check_kernel_size(kernel_size):
+    """A 3-tuple of positive odd ints (the zero padding k//2 keeps sizes only for odd k)."""
+    if isinstance(kernel_size, int):
+        kernel_size = (kernel_size, 1, 1)
+    kernel_size = tuple(kernel_size)
+    if len(kernel_size) != 3 or not all(isinstance(k, int) and k > 0 for k in kernel_size):
+        raise ValueError(f"kernel_size must be 3 positive ints (kt, kh, kw), got {kernel_size!r}")
+    if any(k % 2 == 0 for k in kernel_size):
+        raise ValueError(f"kernel_size must be odd in every dimension (zero padding k//2), got {kernel_size}")
+    return kernel_size
+
+
+def _check_tensor(name, t, shape):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+def check_adapter_inputs(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight,
+                         fc2_bias, *, num_prefix_tokens, grid_size, allow_mixed_dtype=False):
+    """Validate one adapter call and return its `AdapterShape`.
+
+    `allow_mixed_dtype` lets `x` differ in dtype from the parameters (autocast: the parameters
+    are already in the autocast dtype, `x` keeps its own as the residual).
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"x must have shape (B*T, L, C), got {x.dim()} dims with shape {tuple(x.shape)}")
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+        raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
+    frames, num_tokens, channels = x.shape
+    if frames % num_frames != 0:
+        raise ValueError(f"num_frames: x.shape[0] = B*T = {frames} is not divisible by num_frames={num_frames}")
+    if (isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int)
+            or not 0 <= num_prefix_tokens < num_tokens):
+        raise ValueError(
+            f"num_prefix_tokens must be an int in [0, L={num_tokens}) (at least one patch token), "
+            f"got {num_prefix_tokens!r}")
+    if not isinstance(fc1_weight, torch.Tensor) or fc1_weight.dim() != 2:
+        raise ValueError("fc1_weight must be a 2-d tensor of shape (adapter_channels, C)")
+    adapter_channels = fc1_weight.shape[0]
+    if fc1_weight.shape[1] != channels:
+        raise ValueError(
+            f"fc1_weight: x has C={channels} channels but fc1_weight has shape {tuple(fc1_weight.shape)} "
+            f"(expected ({adapter_channels}, {channels}))")
+    _check_tensor("fc1_bias", fc1_bias, (adapter_channels,))
+    if not isinstance(conv_weight, torch.Tensor) or conv_weight.dim() != 5:
+        raise ValueError("conv_weight must be a 5-d tensor of shape (adapter_channels, 1, kt, kh, kw)")
+    kernel_size = check_kernel_size(tuple(conv_weight.shape[2:]))
+    _check_tensor("conv_weight", conv_weight, (adapter_channels, 1) + kernel_size)
+    _check_tensor("conv_bias", conv_bias, (adapter_channels,))
+    _check_tensor("fc2_weight", fc2_weight, (channels, adapter_channels))
+    _check_tensor("fc2_bias", fc2_bias, (channels,))
+
+    params = dict(fc1_weight=fc1_weight, fc1_bias=fc1_bias, conv_weight=conv_weight, conv_bias=conv_bias,
+                  fc2_weight=fc2_weight, fc2_bias=fc2_bias)
+    for name, t in dict(x=x, **params).items():
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}: all tensors must share a device")
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{name} has unsupported dtype {t.dtype}; expected one of {SUPPORTED_DTYPES}")
+    for name, t in params.items():
+        if t.dtype != fc1_weight.dtype:
+            raise TypeError(f"{name} is {t.dtype} but fc1_weight is {fc1_weight.dtype}: parameters must share a dtype")
+    if x.dtype != fc1_weight.dtype and not allow_mixed_dtype:
+        raise TypeError(
+            f"x is {x.dtype} but the adapter parameters are {fc1_weight.dtype}; cast one of them or run "
+            "under torch.autocast")
+
+    height, width = resolve_grid(num_tokens - num_prefix_tokens, grid_size)
+    return AdapterShape(batch=frames // num_frames, num_frames=num_frames, num_tokens=num_tokens,
+                        num_prefix_tokens=num_prefix_tokens, height=height, width=width, channels=channels,
+                        adapter_channels=adapter_channels, kernel_size=kernel_size)
