@@ -4,6 +4,7 @@
 (`st_adapter_fast::adapter_fwd` / `adapter_bwd`) with fake implementations, so torch.compile sees
 them as opaque nodes with known output shapes and never breaks the graph on them.
 """
+import importlib.util
 import warnings
 
 import torch
@@ -16,11 +17,9 @@ BACKENDS = ("auto", "triton", "cuda", "cpu", "reference")
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_TRITON_KERNEL_T = 7
 
-try:
-    import triton  # noqa: F401
-    HAS_TRITON = True
-except ImportError:  # the package still works, on the reference path
-    HAS_TRITON = False
+# Looked up, not imported: triton reads TRITON_INTERPRET when it is first imported, which must stay
+# up to the caller (the CLI's --interpret, the tests' conftest). Without triton the reference path works.
+HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 _warned = set()
 

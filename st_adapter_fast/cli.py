@@ -1,0 +1,73 @@
+"""`st-adapter-fast` command line: `check` (parity report of every available backend)."""
+import argparse
+import os
+import sys
+
+CONFIGS = {
+    # name: (batch, frames, grid, channels, adapter_channels)
+    "small": (2, 8, (6, 7), 72, 40),
+    "vit-b": (2, 8, (14, 14), 768, 384),
+}
+
+
+def _available_backends(device):
+    """(backend, dtypes) pairs that can run on `device` in this installation."""
+    import torch
+
+    from .ops import HAS_TRITON, _interpreting
+    low_precision = [torch.bfloat16, torch.float16] if device == "cuda" else [torch.bfloat16]
+    backends = [("reference", [torch.float32] + low_precision)]
+    if HAS_TRITON and (device == "cuda" or _interpreting()):
+        backends.append(("triton", [torch.float32, torch.bfloat16, torch.float16]))
+    return backends
+
+
+def check(args):
+    """Parity of every available backend against the float64 reference; prints a table, returns exit code."""
+    if args.interpret:
+        os.environ["TRITON_INTERPRET"] = "1"
+    import torch
+    from tqdm import tqdm
+
+    from .parity import TOLERANCE, parity_errors
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    config = args.config or ("vit-b" if device == "cuda" else "small")
+    batch, frames, grid, channels, adapter_channels = CONFIGS[config]
+    cases = [(backend, dtype, activation) for backend, dtypes in _available_backends(device) for dtype in dtypes
+             for activation in ("gelu", None)]
+    where = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    print(f"st-adapter-fast check on {where} ({device}), config {config!r}: B={batch} T={frames} grid={grid} "
+          f"C={channels} Ca={adapter_channels} kernel (3,1,1); errors are ||out - ref|| / ||ref|| vs float64")
+    rows, failed = [], 0
+    for backend, dtype, activation in tqdm(cases, desc="checking", unit="case", file=sys.stderr):
+        errors = parity_errors(backend, dtype, batch=batch, frames=frames, grid=grid, channels=channels,
+                               adapter_channels=adapter_channels, activation=activation, device=device)[0]
+        worst = max((k for k in errors if k != "y"), key=errors.get)
+        ok = all(v <= TOLERANCE[dtype] for v in errors.values())
+        failed += not ok
+        rows.append((backend, str(dtype).replace("torch.", ""), str(activation), f"{errors['y']:.2e}",
+                     f"{errors[worst]:.2e} ({worst[5:]})", f"{TOLERANCE[dtype]:.0e}", "ok" if ok else "FAIL"))
+    header = ("backend", "dtype", "activation", "y", "worst gradient", "tolerance", "")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    for row in [header] + rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+    print(f"{len(rows) - failed}/{len(rows)} within tolerance")
+    return 1 if failed else 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="st-adapter-fast", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("check", help="parity report of every available backend against the float64 reference")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
+    p.add_argument("--config", choices=sorted(CONFIGS), help="default: vit-b on cuda, small on cpu")
+    p.add_argument("--interpret", action="store_true",
+                   help="on the CPU, also check the Triton kernels under TRITON_INTERPRET=1 (slow)")
+    p.set_defaults(func=check)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Test setup: the Triton kernels run natively on a GPU, under Triton's CPU interpreter elsewhere.
+
+TRITON_INTERPRET must be set before any kernel is decorated, so it is set here, before the package's
+Triton modules are imported. Tests marked `triton` must never be skipped: a skip would hide that the
+kernels went unchecked, so it fails the run, and the summary says how many ran and where.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+_triton_outcomes = {"passed": 0, "failed": 0, "skipped": 0}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "triton: runs the Triton kernels (natively on a GPU, else interpreted)")
+    config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped without one")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and DEVICE != "cuda":
+            item.add_marker(skip_gpu)
+
+
+def pytest_runtest_logreport(report):
+    if "triton" not in report.keywords:
+        return
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        _triton_outcomes[report.outcome] += 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    mode = "natively on " + torch.cuda.get_device_name() if DEVICE == "cuda" else "under TRITON_INTERPRET=1 (CPU)"
+    terminalreporter.write_line(
+        f"Triton kernel tests {mode}: {_triton_outcomes['passed']} passed, {_triton_outcomes['failed']} failed, "
+        f"{_triton_outcomes['skipped']} skipped")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _triton_outcomes["skipped"] and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print(f"\n{_triton_outcomes['skipped']} Triton kernel test(s) were skipped: the kernels must be checked "
+              "(natively or under the interpreter), never silently skipped")
+
+
+@pytest.fixture
+def poison_empty(monkeypatch):
+    """torch.empty / empty_like fill floating outputs with NaN, so an element a kernel forgot shows up."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def nan_fill(t):
+        return t.fill_(float("nan")) if t.is_floating_point() and t.numel() else t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: nan_fill(real_empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: nan_fill(real_empty_like(*a, **k)))

@@ -1,0 +1,102 @@
+"""Public API: input errors, backend choice and its warnings, module behaviour."""
+import warnings
+
+import pytest
+import torch
+
+import st_adapter_fast as saf
+from st_adapter_fast import ops
+from helpers import random_inputs
+
+
+def call(x=None, num_frames=2, params=None, **kwargs):
+    x_default, params_default = random_inputs(2, 2, 5, 8, 4, (3, 1, 1))
+    x = x_default if x is None else x
+    params = list(params_default if params is None else params)
+    return saf.st_adapter(x, num_frames, *params, **kwargs)
+
+
+def params_with(index, value):
+    _, params = random_inputs(2, 2, 5, 8, 4, (3, 1, 1))
+    params = list(params)
+    params[index] = value
+    return params
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(x=torch.randn(4, 5)), ValueError, "x must have shape"),
+    (dict(x=torch.randn(4, 5, 8).numpy()), TypeError, "x must be a torch.Tensor"),
+    (dict(num_frames=3), ValueError, "num_frames"),
+    (dict(num_frames=0), ValueError, "num_frames"),
+    (dict(x=torch.randn(4, 5, 9, dtype=torch.float64)), ValueError, "fc1_weight.*C=9"),
+    (dict(params=params_with(0, torch.randn(4, 9, dtype=torch.float64))), ValueError, "fc1_weight"),
+    (dict(params=params_with(1, torch.randn(5, dtype=torch.float64))), ValueError, "fc1_bias"),
+    (dict(params=params_with(2, torch.randn(4, 1, 2, 1, 1, dtype=torch.float64))), ValueError, "odd"),
+    (dict(params=params_with(2, torch.randn(4, 1, 3, 1, dtype=torch.float64))), ValueError, "conv_weight"),
+    (dict(params=params_with(3, torch.randn(3, dtype=torch.float64))), ValueError, "conv_bias"),
+    (dict(params=params_with(4, torch.randn(8, 5, dtype=torch.float64))), ValueError, "fc2_weight"),
+    (dict(params=params_with(5, torch.randn(7, dtype=torch.float64))), ValueError, "fc2_bias"),
+    (dict(x=torch.randn(4, 6, 8, dtype=torch.float64)), ValueError, "grid_size.*not a square"),
+    (dict(grid_size=(2, 3)), ValueError, "grid_size"),
+    (dict(num_prefix_tokens=5), ValueError, "num_prefix_tokens"),
+    (dict(num_prefix_tokens=-1), ValueError, "num_prefix_tokens"),
+    (dict(x=torch.randn(4, 5, 8, dtype=torch.float32)), TypeError, "x is torch.float32"),
+    (dict(params=params_with(5, torch.randn(8, dtype=torch.float32))), TypeError, "fc2_bias is torch.float32"),
+    (dict(x=torch.randint(0, 3, (4, 5, 8))), TypeError, "unsupported dtype"),
+    (dict(params=params_with(0, torch.randn(4, 8, dtype=torch.float64, device="meta"))), ValueError, "device"),
+    (dict(activation="relu"), ValueError, "activation"),
+    (dict(backend="fast"), ValueError, "backend"),
+])
+def test_bad_input_raises_clear_error(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        call(**kwargs)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "cpu"])
+def test_unbuilt_backends_say_so(backend):
+    with pytest.raises(RuntimeError, match="compiled extension"):
+        call(backend=backend)
+
+
+def test_triton_backend_rejects_what_it_cannot_run():
+    x, params = random_inputs(2, 2, 5, 8, 4, (3, 3, 3))
+    with pytest.raises(ValueError, match="kernel_size"):
+        saf.st_adapter(x.float(), 2, *[p.float() for p in params], backend="triton")
+    with pytest.raises(ValueError, match="dtype"):
+        call(backend="triton")   # float64
+
+
+def test_auto_on_cpu_uses_reference_without_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x, params = random_inputs(2, 2, 5, 8, 4, (3, 1, 1))
+        assert ops.choose_backend("auto", x, torch.float32, (3, 1, 1)) == "reference"
+
+
+def test_auto_falls_back_with_one_warning_when_fused_path_cannot_run(monkeypatch):
+    x = torch.empty(4, 5, 8, device="meta")
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(ops, "_warned", set())
+    with pytest.warns(UserWarning, match="falling back"):
+        assert ops.choose_backend("auto", x, torch.float32, (3, 3, 3)) == "reference"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ops.choose_backend("auto", x, torch.float32, (3, 3, 3)) == "reference"
+
+
+def test_module_constructor_checks():
+    with pytest.raises(ValueError, match="odd"):
+        saf.STAdapter(8, 4, (2, 1, 1))
+    with pytest.raises(ValueError, match="activation"):
+        saf.STAdapter(8, 4, activation="tanh")
+    with pytest.raises(ValueError, match="backend"):
+        saf.STAdapter(8, 4, backend="fastest")
+    assert saf.STAdapter(8, 4, 3).conv.kernel_size == (3, 1, 1)
+
+
+def test_module_parameters_and_repr():
+    m = saf.STAdapter(768, 384, num_prefix_tokens=1)
+    assert isinstance(m.fc1, torch.nn.Linear) and isinstance(m.fc2, torch.nn.Linear)
+    assert m.conv.groups == 384 and m.conv.weight.shape == (384, 1, 3, 1, 1)
+    assert sum(p.numel() for p in m.parameters()) == 768 * 384 * 2 + 384 * 3 + 384 + 384 + 768
+    assert "backend='auto'" in repr(m)

@@ -1,0 +1,143 @@
+"""Triton path vs the float64 reference: forward output and all seven gradients.
+
+Runs natively on a GPU, under the Triton interpreter on a CPU (shapes kept small for that).
+"""
+import pytest
+import torch
+
+import st_adapter_fast as saf
+from helpers import TOLERANCE, forward_backward, parity_errors, random_inputs, rel_err
+from conftest import DEVICE
+from st_adapter_fast.measure import saved_activation_bytes
+
+pytestmark = pytest.mark.triton
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+ACTIVATIONS = ("gelu", "quick_gelu", None)
+# C and Ca not powers of two; 12 patches (3 x 4 grid) is not a multiple of the token block.
+C, CA = 72, 40
+
+
+def check_parity(batch, frames, kernel_t, activation, dtype, *, prefix=1, grid=(3, 4), channels=C,
+                 adapter_channels=CA, seed=0):
+    errors, y, grads, x, grad_y = parity_errors(
+        "triton", dtype, batch=batch, frames=frames, grid=grid, channels=channels,
+        adapter_channels=adapter_channels, kernel_size=(kernel_t, 1, 1), prefix=prefix, activation=activation,
+        device=DEVICE, seed=seed)
+    assert y.dtype == dtype and y.shape == x.shape
+    bad = {k: v for k, v in errors.items() if not v <= TOLERANCE[dtype]}
+    assert not bad, f"relative errors above {TOLERANCE[dtype]:g} for {dtype}: {bad}"
+    # Prefix tokens pass through bit-exactly, and their gradient is grad_y's.
+    assert torch.equal(y[:, :prefix], x[:, :prefix].to(dtype))
+    assert torch.equal(grads[0][:, :prefix], grad_y[:, :prefix].to(dtype))
+    return errors
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("kernel_t", (1, 3, 5))
+@pytest.mark.parametrize("frames", (1, 2, 3, 8))
+def test_parity_grid(frames, kernel_t, activation, dtype, poison_empty):
+    batch = 1 if frames == 8 else 2
+    check_parity(batch, frames, kernel_t, activation, dtype)
+
+
+@pytest.mark.parametrize("kernel_t", (5, 7))
+def test_kernel_longer_than_clip(kernel_t, poison_empty):
+    # Taps reaching past both ends of a 2-frame clip must see zeros; kt=7 is the largest fused kernel.
+    check_parity(2, 2, kernel_t, "gelu", torch.float32)
+    check_parity(1, 9, kernel_t, "quick_gelu", torch.float16)
+
+
+@pytest.mark.parametrize("prefix", (0, 1, 5))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_prefix_tokens(prefix, dtype, poison_empty):
+    check_parity(2, 3, 3, "gelu", dtype, prefix=prefix, grid=(4, 4))
+
+
+@pytest.mark.parametrize("grid", [(2, 7), (5, 3), (1, 1)])
+def test_non_square_grids(grid, poison_empty):
+    check_parity(2, 3, 3, "gelu", torch.float32, grid=grid)
+
+
+@pytest.mark.parametrize("channels, adapter_channels", [(24, 8), (100, 65), (64, 33)])
+def test_channel_sizes(channels, adapter_channels, poison_empty):
+    check_parity(1, 4, 3, "gelu", torch.float32, channels=channels, adapter_channels=adapter_channels)
+    check_parity(1, 4, 3, None, torch.bfloat16, channels=channels, adapter_channels=adapter_channels)
+
+
+def test_strided_input_matches_contiguous():
+    x, params = random_inputs(2, 3, 17, C, CA, (3, 1, 1), device=DEVICE)
+    x, params = x.float(), [p.float() for p in params]
+    wide = torch.randn(6, 17, C + 8, device=DEVICE)
+    wide[..., 3:3 + C] = x
+    sliced = wide[..., 3:3 + C]                     # row stride C + 8, last stride 1
+    transposed = x.transpose(0, 1).contiguous().transpose(0, 1)   # frame stride not the largest
+    expected = saf.st_adapter(x, 3, *params, backend="triton")
+    for view in (sliced, transposed):
+        assert not view.is_contiguous()
+        torch.testing.assert_close(saf.st_adapter(view, 3, *params, backend="triton"), expected)
+
+
+def test_no_grad_forward_matches(poison_empty):
+    x, params = random_inputs(2, 3, 13, C, CA, (3, 1, 1), device=DEVICE)
+    x, params = x.float(), [p.float() for p in params]
+    with torch.no_grad():
+        y = saf.st_adapter(x, 3, *params, grid_size=(3, 4), backend="triton")
+    y_ref = saf.st_adapter(x.double(), 3, *[p.double() for p in params], grid_size=(3, 4), backend="reference")
+    assert rel_err(y, y_ref) <= TOLERANCE[torch.float32]
+
+
+def test_input_is_not_written():
+    x, params = random_inputs(2, 3, 17, C, CA, (3, 1, 1), device=DEVICE)
+    x, params = x.float().requires_grad_(), [p.float() for p in params]
+    before = x.detach().clone()
+    saf.st_adapter(x, 3, *params, backend="triton").sum().backward()
+    assert torch.equal(x.detach(), before)
+
+
+def test_backward_is_deterministic():
+    x, params = random_inputs(4, 8, 17, C, CA, (3, 1, 1), device=DEVICE)
+    grad_y = torch.randn(x.shape, dtype=torch.float64).to(DEVICE)
+    runs = [forward_backward(lambda x_, *p: saf.st_adapter(x_, 8, *p, backend="triton"), x, params, grad_y,
+                             torch.float32)[1] for _ in range(2)]
+    for first, second in zip(*runs):
+        assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
+def test_autocast_matches_reference_dtype_behaviour(dtype):
+    x, params = random_inputs(2, 3, 17, C, CA, (3, 1, 1), device=DEVICE)
+    module_ref = saf.STAdapterReference(C, CA).to(DEVICE)
+    module = saf.STAdapter(C, CA, backend="triton").to(DEVICE)
+    with torch.no_grad():
+        for m in (module_ref, module):
+            for p, value in zip(m.adapter_params(), params):
+                p.copy_(value)
+    x = x.float()
+    with torch.autocast(DEVICE, dtype=dtype):
+        y_ref = module_ref(x, 3)
+        y = module(x, 3)
+    assert y.dtype == y_ref.dtype == torch.float32
+    assert rel_err(y, y_ref) <= TOLERANCE[dtype]
+    y.sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in module.parameters())
+
+
+def test_saved_bytes_at_most_half_of_reference():
+    """Activations saved for backward (excluding parameters and x, which is alive anyway)."""
+    x, params = random_inputs(2, 8, 17, C, CA, (3, 1, 1), device=DEVICE)
+    x = x.float().requires_grad_()
+    params = [p.float().requires_grad_() for p in params]
+
+    def saved_bytes(backend):
+        return saved_activation_bytes(lambda: saf.st_adapter(x, 8, *params, backend=backend), x, *params)
+
+    ours, reference = saved_bytes("triton"), saved_bytes("reference")
+    assert ours <= 0.5 * reference, (ours, reference)
+
+
+def test_opcheck():
+    x, params = random_inputs(2, 3, 13, C, CA, (3, 1, 1), device=DEVICE)
+    x, params = x.float().requires_grad_(), [p.float().requires_grad_() for p in params]
+    torch.library.opcheck(saf.ops.adapter_fwd, (x, *params, 3, 1, "gelu", True))
