@@ -131,6 +131,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer repeats and configs (CI smoke runs)")
     parser.add_argument("--out", help="write results as JSON here")
     parser.add_argument("--configs", nargs="*", help="subset of config names")
+    parser.add_argument("--dtypes", nargs="*", choices=["bfloat16", "float16", "float32"],
+                        help="default: bfloat16 float16 on a GPU, float32 on the CPU")
     args = parser.parse_args(argv)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -140,6 +142,8 @@ def main(argv=None):
     elif args.quick:
         configs = {"small": configs["small"]}
     dtypes = [torch.bfloat16, torch.float16] if device == "cuda" else [torch.float32]
+    if args.dtypes:
+        dtypes = [getattr(torch, d) for d in args.dtypes]
     time_ms = timer(device, args.quick)
     bandwidth, flop_rate = measure_ceilings(device, time_ms)
     device_name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"

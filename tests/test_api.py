@@ -6,6 +6,7 @@ import torch
 
 import st_adapter_fast as saf
 from st_adapter_fast import ops
+from conftest import DEVICE
 from helpers import random_inputs
 
 
@@ -59,11 +60,12 @@ def test_unbuilt_backends_say_so(backend):
 
 
 def test_triton_backend_rejects_what_it_cannot_run():
-    x, params = random_inputs(2, 2, 5, 8, 4, (3, 3, 3))
+    x, params = random_inputs(2, 2, 5, 8, 4, (3, 3, 3), device=DEVICE)
     with pytest.raises(ValueError, match="kernel_size"):
         saf.st_adapter(x.float(), 2, *[p.float() for p in params], backend="triton")
+    x, params = random_inputs(2, 2, 5, 8, 4, (3, 1, 1), device=DEVICE)
     with pytest.raises(ValueError, match="dtype"):
-        call(backend="triton")   # float64
+        saf.st_adapter(x, 2, *params, backend="triton")   # float64
 
 
 def test_auto_on_cpu_uses_reference_without_warning():
