@@ -121,7 +121,7 @@ def st_adapter(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_
 def adapter_fwd(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, conv_weight: torch.Tensor,
                 conv_bias: torch.Tensor, fc2_weight: torch.Tensor, fc2_bias: torch.Tensor, num_frames: int,
                 num_prefix_tokens: int, activation: str, need_h: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, h): the adapter output and, when need_h, fc1's output on the patch tokens (saved for backward)."""
+    """(y, h): the adapter output and, when need_h, fc1's output (B*T, L, Ca) for backward (prefix rows unused)."""
     from .triton.adapter import adapter_forward
     with torch.autocast(x.device.type, enabled=False):
         return adapter_forward(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias,
@@ -132,7 +132,7 @@ def adapter_fwd(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: torch.Tenso
 def _(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, num_frames, num_prefix_tokens,
       activation, need_h):
     frames, num_tokens, _ = x.shape
-    h_shape = (frames, num_tokens - num_prefix_tokens, fc1_weight.shape[0]) if need_h else (0, 1, 1)
+    h_shape = (frames, num_tokens, fc1_weight.shape[0]) if need_h else (0, 1, 1)
     y = x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, fc1_weight.dtype))
     return y, x.new_empty(h_shape, dtype=fc1_weight.dtype)
 

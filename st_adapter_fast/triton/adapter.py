@@ -11,6 +11,10 @@ from .common import ACTIVATION_CODES, dot_settings, interpreting
 from .matmul_residual import matmul_residual_kernel
 from .temporal_conv import down_conv_act_bwd_kernel, down_conv_act_fwd_kernel
 
+# Whether the fused kernels compute the Ca-wide GEMM next to the conv (x @ W1^T forward, g @ W2 backward)
+# or read its result from a cuBLAS call. Both are tested; the default is what measured faster (see docs).
+FUSED_GEMM = os.environ.get("ST_ADAPTER_FAST_FUSED_GEMM", "1") == "1"
+
 # Small blocks under the interpreter: fast on the CPU, and small test shapes still span several blocks.
 _INTERPRET_CONV_BLOCKS = dict(BLOCK_N=16, BLOCK_CA=32, BLOCK_K=32)
 _INTERPRET_MATMUL_BLOCKS = dict(BLOCK_M=32, BLOCK_NC=32, BLOCK_K=32, GROUP_M=4)
@@ -42,10 +46,11 @@ def _tuned(kernel, configs, key, interpret_blocks, reset_to_zero=None):
     return lambda grid, **kw: tuned[grid](**kw)
 
 
-_conv_fwd = _tuned(down_conv_act_fwd_kernel, _conv_configs(), ["C", "CA", "KT", "ACT", "STORE_H"],
+_conv_fwd = _tuned(down_conv_act_fwd_kernel, _conv_configs(), ["C", "CA", "KT", "ACT", "STORE_H", "FUSED_GEMM"],
                    _INTERPRET_CONV_BLOCKS)
 # The partial-sum buffers must start at zero: a config with larger blocks writes fewer partials.
-_conv_bwd = _tuned(down_conv_act_bwd_kernel, _conv_configs(), ["C", "CA", "KT", "ACT"], _INTERPRET_CONV_BLOCKS,
+_conv_bwd = _tuned(down_conv_act_bwd_kernel, _conv_configs(), ["C", "CA", "KT", "ACT", "FUSED_GEMM"],
+                   _INTERPRET_CONV_BLOCKS,
                    reset_to_zero=["dwc_part_ptr", "dbc_part_ptr"])
 _matmul_residual = _tuned(matmul_residual_kernel, _matmul_configs(), ["K", "NC", "HAS_BIAS"],
                           _INTERPRET_MATMUL_BLOCKS)
@@ -74,14 +79,19 @@ def matmul_residual(a, b, bias, residual, out):
 
 def adapter_forward(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias,
                     num_frames, num_prefix_tokens, activation, need_h):
-    """y (and h = fc1(x_patch) when need_h, else an empty tensor)."""
+    """y, and (when need_h, else an empty tensor) h = fc1(x) of shape (frames, L, Ca), read on patch rows only."""
     frames, num_tokens, channels = x.shape
     P, N = num_prefix_tokens, num_tokens - num_prefix_tokens
     Ca, kt = conv_weight.shape[0], conv_weight.shape[2]
     dtype = fc1_weight.dtype
     x_patch = x[:, P:]
     a = torch.empty((frames, N, Ca), device=x.device, dtype=dtype)
-    h = torch.empty((frames, N, Ca) if need_h else (0, 1, 1), device=x.device, dtype=dtype)
+    # h keeps all L rows (prefix rows zero when fused) so that the op returns one fixed layout.
+    if FUSED_GEMM:
+        h_full = _zero_prefix_buffer(frames, num_tokens, P, Ca, a) if need_h else a.new_empty((0, 1, 1))
+    else:  # all L rows through cuBLAS: no slicing copy; the kernel reads the patch rows
+        h_full = torch.nn.functional.linear(x.to(dtype), fc1_weight, fc1_bias)
+    h = h_full[:, P:] if h_full.numel() else h_full
     dot_dtype, precision = dot_settings(dtype)
     _conv_fwd(_conv_grid(frames // num_frames, N, Ca),
               x_ptr=x_patch, w1_ptr=fc1_weight, b1_ptr=fc1_bias, wc_ptr=conv_weight.reshape(Ca, kt).contiguous(),
@@ -89,13 +99,13 @@ def adapter_forward(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight,
               stride_xf=x_patch.stride(0), stride_xn=x_patch.stride(1),
               stride_w1_ca=fc1_weight.stride(0), stride_w1_c=fc1_weight.stride(1),
               stride_hf=h.stride(0), stride_hn=h.stride(1), stride_af=a.stride(0), stride_an=a.stride(1),
-              KT=kt, ACT=ACTIVATION_CODES[activation], STORE_H=need_h, DOT_DTYPE=dot_dtype,
+              KT=kt, ACT=ACTIVATION_CODES[activation], STORE_H=need_h, FUSED_GEMM=FUSED_GEMM, DOT_DTYPE=dot_dtype,
               DOT_PRECISION=precision)
 
     y = torch.empty(x.shape, device=x.device, dtype=torch.promote_types(x.dtype, dtype))
     y[:, :P] = x[:, :P]
     matmul_residual(a, fc2_weight.t(), fc2_bias, x_patch, y[:, P:])
-    return y, h
+    return y, (h_full if need_h else a.new_empty((0, 1, 1)))
 
 
 def _zero_prefix_buffer(frames, num_tokens, num_prefix_tokens, channels, like):
@@ -115,6 +125,7 @@ def adapter_backward(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weigh
     batch = frames // num_frames
     grad_y = grad_y if grad_y.stride(-1) == 1 else grad_y.contiguous()
 
+    h = h[:, P:]
     a = _zero_prefix_buffer(frames, num_tokens, P, Ca, h)
     grad_h = _zero_prefix_buffer(frames, num_tokens, P, Ca, h)
     dot_dtype, precision = dot_settings(dtype)
@@ -123,7 +134,10 @@ def adapter_backward(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weigh
     max_parts = batch * triton.cdiv(N, MIN_BLOCK_N)
     conv_weight_part = torch.zeros((max_parts, Ca, kt), device=x.device, dtype=torch.float32)
     conv_bias_part = torch.zeros((max_parts, Ca), device=x.device, dtype=torch.float32)
-    g_patch, a_patch, grad_h_patch = grad_y[:, P:], a[:, P:], grad_h[:, P:]
+    a_patch, grad_h_patch = a[:, P:], grad_h[:, P:]
+    rows_g = grad_y.reshape(-1, channels).to(dtype)
+    # Fused: the kernel reads g's patch rows; else it reads grad_a = g @ W2 from one cuBLAS call.
+    g_patch = grad_y[:, P:] if FUSED_GEMM else (rows_g @ fc2_weight).view(frames, num_tokens, Ca)[:, P:]
     _conv_bwd(grid, g_ptr=g_patch, w2_ptr=fc2_weight, h_ptr=h, wc_ptr=conv_weight.reshape(Ca, kt).contiguous(),
               bc_ptr=conv_bias, a_ptr=a_patch, gh_ptr=grad_h_patch, dwc_part_ptr=conv_weight_part,
               dbc_part_ptr=conv_bias_part, T=num_frames, N=N, C=channels, CA=Ca,
@@ -131,9 +145,9 @@ def adapter_backward(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weigh
               stride_w2_c=fc2_weight.stride(0), stride_w2_ca=fc2_weight.stride(1),
               stride_hf=h.stride(0), stride_hn=h.stride(1), stride_af=a_patch.stride(0), stride_an=a_patch.stride(1),
               stride_ghf=grad_h_patch.stride(0), stride_ghn=grad_h_patch.stride(1),
-              KT=kt, ACT=ACTIVATION_CODES[activation], DOT_DTYPE=dot_dtype, DOT_PRECISION=precision)
+              KT=kt, ACT=ACTIVATION_CODES[activation], FUSED_GEMM=FUSED_GEMM, DOT_DTYPE=dot_dtype,
+              DOT_PRECISION=precision)
 
-    rows_g = grad_y.reshape(-1, channels).to(dtype)
     grad_fc2_weight = rows_g.t() @ a.reshape(-1, Ca)
     grad_fc2_bias = grad_y[:, P:].sum((0, 1), dtype=torch.float32).to(dtype)
     grad_fc1_weight = grad_h.reshape(-1, Ca).t() @ x.reshape(-1, channels).to(dtype)

@@ -98,10 +98,11 @@ def down_conv_act_fwd_kernel(
         T, N, C, CA,
         stride_xf, stride_xn, stride_w1_ca, stride_w1_c,
         stride_hf, stride_hn, stride_af, stride_an,
-        KT: tl.constexpr, ACT: tl.constexpr, STORE_H: tl.constexpr,
+        KT: tl.constexpr, ACT: tl.constexpr, STORE_H: tl.constexpr, FUSED_GEMM: tl.constexpr,
         DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_CA: tl.constexpr, BLOCK_K: tl.constexpr):
     """h = x @ W1^T + b1 (stored if STORE_H), a = act(conv_t(h) + bc) (stored), for one clip's block.
+    With FUSED_GEMM off, h was computed beforehand (cuBLAS) and is read instead.
 
     Grid: (cdiv(N, BLOCK_N) * cdiv(CA, BLOCK_CA), B); the channel block varies fastest so that
     programs reading the same x rows run side by side and share them through L2.
@@ -130,14 +131,17 @@ def down_conv_act_fwd_kernel(
         h_new = zero
         if s < T:
             frame = first_frame + s
-            x_rows = x_ptr + frame * stride_xf + offs_n64 * stride_xn
-            acc = _rows_times_matrix(x_rows, w1_ptr, offs_n, n_mask, offs_ca, ca_mask, C, stride_w1_ca,
-                                     stride_w1_c, BLOCK_N, BLOCK_CA, BLOCK_K, DOT_DTYPE, DOT_PRECISION)
-            # Round h as stored, so that forward and the backward's recomputation see the same h.
-            h_io = (acc + b1[None, :]).to(h_ptr.dtype.element_ty)
-            if STORE_H:
-                h_ptrs = h_ptr + frame * stride_hf + offs_n64[:, None] * stride_hn + offs_ca[None, :]
-                tl.store(h_ptrs, h_io, mask=tile_mask)
+            h_ptrs = h_ptr + frame * stride_hf + offs_n64[:, None] * stride_hn + offs_ca[None, :]
+            if FUSED_GEMM:
+                x_rows = x_ptr + frame * stride_xf + offs_n64 * stride_xn
+                acc = _rows_times_matrix(x_rows, w1_ptr, offs_n, n_mask, offs_ca, ca_mask, C, stride_w1_ca,
+                                         stride_w1_c, BLOCK_N, BLOCK_CA, BLOCK_K, DOT_DTYPE, DOT_PRECISION)
+                # Round h as stored, so that forward and the backward's recomputation see the same h.
+                h_io = (acc + b1[None, :]).to(h_ptr.dtype.element_ty)
+                if STORE_H:
+                    tl.store(h_ptrs, h_io, mask=tile_mask)
+            else:
+                h_io = tl.load(h_ptrs, mask=tile_mask, other=0.0)
             h_new = h_io.to(tl.float32)
         m3, m2, m1, z, p1, p2, p3 = _push(m3, m2, m1, z, p1, p2, p3, h_new, PAD)
         if s >= PAD:
@@ -162,7 +166,7 @@ def down_conv_act_bwd_kernel(
         T, N, C, CA,
         stride_gf, stride_gn, stride_w2_c, stride_w2_ca,
         stride_hf, stride_hn, stride_af, stride_an, stride_ghf, stride_ghn,
-        KT: tl.constexpr, ACT: tl.constexpr,
+        KT: tl.constexpr, ACT: tl.constexpr, FUSED_GEMM: tl.constexpr,
         DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_CA: tl.constexpr, BLOCK_K: tl.constexpr):
     """From g = dL/dy (patch rows) and the saved h, for one clip's block:
@@ -202,9 +206,13 @@ def down_conv_act_bwd_kernel(
         gc = zero
         if (t >= 0) & (t < T):
             frame = first_frame + t
-            g_rows = g_ptr + frame * stride_gf + offs_n64 * stride_gn
-            grad_a = _rows_times_matrix(g_rows, w2_ptr, offs_n, n_mask, offs_ca, ca_mask, C, stride_w2_ca,
-                                        stride_w2_c, BLOCK_N, BLOCK_CA, BLOCK_K, DOT_DTYPE, DOT_PRECISION)
+            if FUSED_GEMM:
+                g_rows = g_ptr + frame * stride_gf + offs_n64 * stride_gn
+                grad_a = _rows_times_matrix(g_rows, w2_ptr, offs_n, n_mask, offs_ca, ca_mask, C, stride_w2_ca,
+                                            stride_w2_c, BLOCK_N, BLOCK_CA, BLOCK_K, DOT_DTYPE, DOT_PRECISION)
+            else:  # g_ptr holds grad_a = g @ W2, computed beforehand, with strides (stride_gf, stride_gn)
+                grad_a = tl.load(g_ptr + frame * stride_gf + offs_n64[:, None] * stride_gn + offs_ca[None, :],
+                                 mask=tile_mask, other=0.0).to(tl.float32)
             h_z = _load_h(h_ptr, first_frame, t, T, stride_hf, stride_hn, offs_n64, offs_ca, tile_mask)
             c = h_z * w_z[None, :] + bc[None, :]
             h_m1, h_p1, h_m2, h_p2, h_m3, h_p3 = zero, zero, zero, zero, zero, zero
