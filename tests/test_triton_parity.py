@@ -141,3 +141,14 @@ def test_opcheck():
     x, params = random_inputs(2, 3, 13, C, CA, (3, 1, 1), device=DEVICE)
     x, params = x.float().requires_grad_(), [p.float().requires_grad_() for p in params]
     torch.library.opcheck(saf.ops.adapter_fwd, (x, *params, 3, 1, "gelu", True))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("activation", ("gelu", None))
+@pytest.mark.parametrize("kernel_t", (1, 3, 7))
+def test_fused_gemm_variant(kernel_t, activation, dtype, monkeypatch, poison_empty):
+    """The variant that computes the down-projection (and grad_a) inside the conv kernels."""
+    from st_adapter_fast.triton import adapter as triton_adapter
+    monkeypatch.setattr(triton_adapter, "FUSED_GEMM", not triton_adapter.FUSED_GEMM)
+    check_parity(2, 3, kernel_t, activation, dtype)
+    check_parity(1, 8, kernel_t, activation, dtype, prefix=0, grid=(5, 5))

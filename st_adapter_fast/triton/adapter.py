@@ -13,7 +13,7 @@ from .temporal_conv import down_conv_act_bwd_kernel, down_conv_act_fwd_kernel
 
 # Whether the fused kernels compute the Ca-wide GEMM next to the conv (x @ W1^T forward, g @ W2 backward)
 # or read its result from a cuBLAS call. Both are tested; the default is what measured faster (see docs).
-FUSED_GEMM = os.environ.get("ST_ADAPTER_FAST_FUSED_GEMM", "1") == "1"
+FUSED_GEMM = os.environ.get("ST_ADAPTER_FAST_FUSED_GEMM", "0") == "1"
 
 # Small blocks under the interpreter: fast on the CPU, and small test shapes still span several blocks.
 _INTERPRET_CONV_BLOCKS = dict(BLOCK_N=16, BLOCK_CA=32, BLOCK_K=32)
@@ -50,8 +50,7 @@ _conv_fwd = _tuned(down_conv_act_fwd_kernel, _conv_configs(), ["C", "CA", "KT", 
                    _INTERPRET_CONV_BLOCKS)
 # The partial-sum buffers must start at zero: a config with larger blocks writes fewer partials.
 _conv_bwd = _tuned(down_conv_act_bwd_kernel, _conv_configs(), ["C", "CA", "KT", "ACT", "FUSED_GEMM"],
-                   _INTERPRET_CONV_BLOCKS,
-                   reset_to_zero=["dwc_part_ptr", "dbc_part_ptr"])
+                   _INTERPRET_CONV_BLOCKS, reset_to_zero=["dwc_part_ptr", "dbc_part_ptr", "db1_part_ptr"])
 _matmul_residual = _tuned(matmul_residual_kernel, _matmul_configs(), ["K", "NC", "HAS_BIAS"],
                           _INTERPRET_MATMUL_BLOCKS)
 
@@ -77,6 +76,57 @@ def matmul_residual(a, b, bias, residual, out):
     return out
 
 
+# The up-projection's input `a` carries BIAS_COLUMNS extra columns: a 1 on patch rows (0 on prefix rows)
+# that meets fc2.bias in the augmented weight, and zero padding that keeps rows 16-byte aligned. Then
+# y = x + a_aug @ W2_aug^T is one cuBLAS addmm that leaves the prefix rows exactly x, and the bias
+# gradient falls out of the weight gradient's extra column.
+BIAS_COLUMNS = 8
+
+
+def _augmented_activation_buffer(frames, num_tokens, num_prefix_tokens, adapter_channels, like):
+    """(frames, L, Ca + BIAS_COLUMNS): prefix rows zero, column Ca one on patch rows, padding zero.
+    Columns :Ca of the patch rows are left for the conv kernel to write."""
+    P, Ca = num_prefix_tokens, adapter_channels
+    buf = torch.empty((frames, num_tokens, Ca + BIAS_COLUMNS), device=like.device, dtype=like.dtype)
+    buf[:, :P].zero_()
+    buf[:, P:, Ca:].zero_()
+    buf[:, P:, Ca] = 1
+    return buf
+
+
+def _augmented_fc2_weight(fc2_weight, fc2_bias):
+    channels, Ca = fc2_weight.shape
+    w = fc2_weight.new_zeros((channels, Ca + BIAS_COLUMNS))
+    w[:, :Ca] = fc2_weight
+    w[:, Ca] = fc2_bias
+    return w
+
+
+def _rows(t):
+    """(frames, L, C) as a (frames * L, C) view, or None when its strides do not allow one without a copy."""
+    frames, num_tokens, channels = t.shape
+    if t.stride(2) == 1 and t.stride(1) == channels and t.stride(0) == num_tokens * channels:
+        return t.view(frames * num_tokens, channels)
+    return None
+
+
+def _add_matmul(residual, a_rows, weight_t, out_dtype, P, bias=None):
+    """out = residual + (a @ weight_t) (+ bias on patch rows, already inside a_rows/weight_t when bias is None).
+
+    One cuBLAS addmm when residual has the compute dtype and a row view; else the Triton kernel with the
+    residual in its epilogue (autocast's fp32 residual stream, odd strides).
+    """
+    frames, num_tokens, channels = residual.shape
+    residual_rows = _rows(residual)
+    if residual_rows is not None and residual.dtype == a_rows.dtype == out_dtype:
+        return torch.addmm(residual_rows, a_rows, weight_t).view(frames, num_tokens, channels)
+    out = torch.empty(residual.shape, device=residual.device, dtype=out_dtype)
+    out[:, :P] = residual[:, :P]
+    a = a_rows.view(frames, num_tokens, -1)[:, P:]
+    matmul_residual(a, weight_t, bias, residual[:, P:], out[:, P:])
+    return out
+
+
 def adapter_forward(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias,
                     num_frames, num_prefix_tokens, activation, need_h):
     """y, and (when need_h, else an empty tensor) h = fc1(x) of shape (frames, L, Ca), read on patch rows only."""
@@ -85,7 +135,8 @@ def adapter_forward(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight,
     Ca, kt = conv_weight.shape[0], conv_weight.shape[2]
     dtype = fc1_weight.dtype
     x_patch = x[:, P:]
-    a = torch.empty((frames, N, Ca), device=x.device, dtype=dtype)
+    a_aug = _augmented_activation_buffer(frames, num_tokens, P, Ca, fc1_weight)
+    a = a_aug[:, P:, :Ca]
     # h keeps all L rows (prefix rows zero when fused) so that the op returns one fixed layout.
     if FUSED_GEMM:
         h_full = _zero_prefix_buffer(frames, num_tokens, P, Ca, a) if need_h else a.new_empty((0, 1, 1))
@@ -102,9 +153,12 @@ def adapter_forward(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight,
               KT=kt, ACT=ACTIVATION_CODES[activation], STORE_H=need_h, FUSED_GEMM=FUSED_GEMM, DOT_DTYPE=dot_dtype,
               DOT_PRECISION=precision)
 
-    y = torch.empty(x.shape, device=x.device, dtype=torch.promote_types(x.dtype, dtype))
-    y[:, :P] = x[:, :P]
-    matmul_residual(a, fc2_weight.t(), fc2_bias, x_patch, y[:, P:])
+    out_dtype = torch.promote_types(x.dtype, dtype)
+    a_rows = a_aug.view(frames * num_tokens, Ca + BIAS_COLUMNS)
+    if _rows(x) is not None and x.dtype == dtype:
+        y = _add_matmul(x, a_rows, _augmented_fc2_weight(fc2_weight, fc2_bias).t(), out_dtype, P)
+    else:
+        y = _add_matmul(x, a_rows[:, :Ca], fc2_weight.t(), out_dtype, P, bias=fc2_bias)
     return y, (h_full if need_h else a.new_empty((0, 1, 1)))
 
 
@@ -124,38 +178,39 @@ def adapter_backward(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weigh
     dtype = fc1_weight.dtype
     batch = frames // num_frames
     grad_y = grad_y if grad_y.stride(-1) == 1 else grad_y.contiguous()
+    rows_g = grad_y.reshape(-1, channels).to(dtype)
 
     h = h[:, P:]
-    a = _zero_prefix_buffer(frames, num_tokens, P, Ca, h)
+    a_aug = _augmented_activation_buffer(frames, num_tokens, P, Ca, h)
+    a = a_aug[:, P:, :Ca]
     grad_h = _zero_prefix_buffer(frames, num_tokens, P, Ca, h)
-    dot_dtype, precision = dot_settings(dtype)
+    grad_h_patch = grad_h[:, P:]
+    # Fused: the kernel reads g's patch rows; else it reads grad_a = g @ W2 from one cuBLAS call.
+    g_patch = grad_y[:, P:] if FUSED_GEMM else (rows_g @ fc2_weight).view(frames, num_tokens, Ca)[:, P:]
     # One partial per (clip, token block) program, summed below in a fixed order: deterministic.
-    grid = _conv_grid(batch, N, Ca)
     max_parts = batch * triton.cdiv(N, MIN_BLOCK_N)
     conv_weight_part = torch.zeros((max_parts, Ca, kt), device=x.device, dtype=torch.float32)
     conv_bias_part = torch.zeros((max_parts, Ca), device=x.device, dtype=torch.float32)
-    a_patch, grad_h_patch = a[:, P:], grad_h[:, P:]
-    rows_g = grad_y.reshape(-1, channels).to(dtype)
-    # Fused: the kernel reads g's patch rows; else it reads grad_a = g @ W2 from one cuBLAS call.
-    g_patch = grad_y[:, P:] if FUSED_GEMM else (rows_g @ fc2_weight).view(frames, num_tokens, Ca)[:, P:]
-    _conv_bwd(grid, g_ptr=g_patch, w2_ptr=fc2_weight, h_ptr=h, wc_ptr=conv_weight.reshape(Ca, kt).contiguous(),
-              bc_ptr=conv_bias, a_ptr=a_patch, gh_ptr=grad_h_patch, dwc_part_ptr=conv_weight_part,
-              dbc_part_ptr=conv_bias_part, T=num_frames, N=N, C=channels, CA=Ca,
+    fc1_bias_part = torch.zeros((max_parts, Ca), device=x.device, dtype=torch.float32)
+    dot_dtype, precision = dot_settings(dtype)
+    _conv_bwd(_conv_grid(batch, N, Ca),
+              g_ptr=g_patch, w2_ptr=fc2_weight, h_ptr=h, wc_ptr=conv_weight.reshape(Ca, kt).contiguous(),
+              bc_ptr=conv_bias, a_ptr=a, gh_ptr=grad_h_patch, dwc_part_ptr=conv_weight_part,
+              dbc_part_ptr=conv_bias_part, db1_part_ptr=fc1_bias_part, T=num_frames, N=N, C=channels, CA=Ca,
               stride_gf=g_patch.stride(0), stride_gn=g_patch.stride(1),
               stride_w2_c=fc2_weight.stride(0), stride_w2_ca=fc2_weight.stride(1),
-              stride_hf=h.stride(0), stride_hn=h.stride(1), stride_af=a_patch.stride(0), stride_an=a_patch.stride(1),
+              stride_hf=h.stride(0), stride_hn=h.stride(1), stride_af=a.stride(0), stride_an=a.stride(1),
               stride_ghf=grad_h_patch.stride(0), stride_ghn=grad_h_patch.stride(1),
               KT=kt, ACT=ACTIVATION_CODES[activation], FUSED_GEMM=FUSED_GEMM, DOT_DTYPE=dot_dtype,
               DOT_PRECISION=precision)
 
-    grad_fc2_weight = rows_g.t() @ a.reshape(-1, Ca)
-    grad_fc2_bias = grad_y[:, P:].sum((0, 1), dtype=torch.float32).to(dtype)
-    grad_fc1_weight = grad_h.reshape(-1, Ca).t() @ x.reshape(-1, channels).to(dtype)
-    grad_fc1_bias = grad_h.sum((0, 1), dtype=torch.float32).to(dtype)
+    # Column Ca of a_aug is 1 on patch rows, so that column of the product is fc2.bias's gradient.
+    grad_fc2_aug = rows_g.t() @ a_aug.view(frames * num_tokens, Ca + BIAS_COLUMNS)
+    grad_fc2_weight, grad_fc2_bias = grad_fc2_aug[:, :Ca].contiguous(), grad_fc2_aug[:, Ca].contiguous()
+    grad_fc1_weight = grad_h.view(-1, Ca).t() @ x.reshape(-1, channels).to(dtype)
+    grad_fc1_bias = fc1_bias_part.sum(0).to(dtype)
     grad_conv_weight = conv_weight_part.sum(0).to(dtype).reshape(conv_weight.shape)
     grad_conv_bias = conv_bias_part.sum(0).to(dtype)
-
-    # Prefix rows of grad_h are zero, so one pass over all L rows gives dx = g there, exactly.
-    grad_x = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-    matmul_residual(grad_h, fc1_weight, None, grad_y, grad_x)
+    # Prefix rows of grad_h are zero, so over all L rows dx = g there, exactly.
+    grad_x = _add_matmul(grad_y, grad_h.view(-1, Ca), fc1_weight, x.dtype, P)
     return grad_x, grad_fc1_weight, grad_fc1_bias, grad_conv_weight, grad_conv_bias, grad_fc2_weight, grad_fc2_bias

@@ -162,7 +162,7 @@ def _load_h(h_ptr, first_frame, t, T, stride_hf, stride_hn, offs_n64, offs_ca, t
 
 @triton.jit
 def down_conv_act_bwd_kernel(
-        g_ptr, w2_ptr, h_ptr, wc_ptr, bc_ptr, a_ptr, gh_ptr, dwc_part_ptr, dbc_part_ptr,
+        g_ptr, w2_ptr, h_ptr, wc_ptr, bc_ptr, a_ptr, gh_ptr, dwc_part_ptr, dbc_part_ptr, db1_part_ptr,
         T, N, C, CA,
         stride_gf, stride_gn, stride_w2_c, stride_w2_ca,
         stride_hf, stride_hn, stride_af, stride_an, stride_ghf, stride_ghn,
@@ -174,7 +174,9 @@ def down_conv_act_bwd_kernel(
         grad_a[t] = g[t] @ W2[:, ca]          grad_c[t] = grad_a[t] * act'(c[t])     (c recomputed from h)
         grad_h[s] = sum_d w[PAD - d] * grad_c[s + d]                                (the conv's transpose)
         a[t] = act(c[t]) (stored, for fc2's weight gradient)
-        per-program partial sums of dL/dconv_weight and dL/dconv_bias (fp32, summed later in a fixed order)
+        per-program partial sums of dL/dconv_weight, dL/dconv_bias and dL/dfc1_bias (fp32, summed later
+        in a fixed order, so the result is deterministic)
+    With FUSED_GEMM off, g_ptr holds grad_a itself (one cuBLAS call beforehand).
 
     Grid as the forward's. The window holds grad_c; h tiles are re-read (from cache) as needed.
     """
@@ -198,6 +200,7 @@ def down_conv_act_bwd_kernel(
     dw_m3, dw_m2, dw_m1, dw_z, dw_p1, dw_p2, dw_p3 = (zero_vec, zero_vec, zero_vec, zero_vec, zero_vec,
                                                       zero_vec, zero_vec)
     dbc = zero_vec
+    db1 = zero_vec
     zero = tl.zeros((BLOCK_N, BLOCK_CA), tl.float32)
     m3, m2, m1, z, p1, p2, p3 = zero, zero, zero, zero, zero, zero, zero
     # Step u computes grad_c[t] for t = u - PAD and emits grad_h[s] for s = u - 2 * PAD.
@@ -210,7 +213,7 @@ def down_conv_act_bwd_kernel(
                 g_rows = g_ptr + frame * stride_gf + offs_n64 * stride_gn
                 grad_a = _rows_times_matrix(g_rows, w2_ptr, offs_n, n_mask, offs_ca, ca_mask, C, stride_w2_ca,
                                             stride_w2_c, BLOCK_N, BLOCK_CA, BLOCK_K, DOT_DTYPE, DOT_PRECISION)
-            else:  # g_ptr holds grad_a = g @ W2, computed beforehand, with strides (stride_gf, stride_gn)
+            else:  # g_ptr holds grad_a = g @ W2, with strides (stride_gf, stride_gn)
                 grad_a = tl.load(g_ptr + frame * stride_gf + offs_n64[:, None] * stride_gn + offs_ca[None, :],
                                  mask=tile_mask, other=0.0).to(tl.float32)
             h_z = _load_h(h_ptr, first_frame, t, T, stride_hf, stride_hn, offs_n64, offs_ca, tile_mask)
@@ -249,12 +252,14 @@ def down_conv_act_bwd_kernel(
         if s >= 0:
             # The transpose of the conv: the same window sum with the taps mirrored.
             gh = _window_sum(m3, m2, m1, z, p1, p2, p3, w_p3, w_p2, w_p1, w_z, w_m1, w_m2, w_m3, PAD)
+            db1 += tl.sum(gh, axis=0)
             gh_ptrs = gh_ptr + (first_frame + s) * stride_ghf + offs_n64[:, None] * stride_ghn + offs_ca[None, :]
             tl.store(gh_ptrs, gh.to(gh_ptr.dtype.element_ty), mask=tile_mask)
 
     # Partials laid out (programs over clip and token block, CA, KT); summed over dim 0 by the caller.
     part = (tl.program_id(1).to(tl.int64) * tl.cdiv(N, BLOCK_N) + pid_n) * CA
     tl.store(dbc_part_ptr + part + offs_ca, dbc, mask=ca_mask)
+    tl.store(db1_part_ptr + part + offs_ca, db1, mask=ca_mask)
     dw_ptrs = dwc_part_ptr + (part + offs_ca) * KT + PAD
     tl.store(dw_ptrs, dw_z, mask=ca_mask)
     if PAD >= 1:
