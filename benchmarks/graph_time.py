@@ -1,0 +1,68 @@
+"""GPU time of one adapter's forward+backward with the CPU taken out: the step is captured in a CUDA
+graph and its replays are timed, next to the ordinary (CPU-launched) timing of the same step.
+
+    python benchmarks/graph_time.py [--config vit-b16] [--dtype bfloat16]
+
+The gap between the two columns is launch/dispatch overhead, which a model with enough work per
+step hides (or torch.compile / CUDA graphs remove).
+"""
+import argparse
+import os
+import sys
+
+import torch
+import triton.testing
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import st_adapter_fast as saf  # noqa: E402
+from st_adapter_fast.reference import st_adapter_reference  # noqa: E402
+from bench_adapter import GPU_CONFIGS  # noqa: E402
+
+
+def graphed(step):
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", nargs="*", default=["vit-b16", "vit-l14"])
+    parser.add_argument("--dtype", default="bfloat16")
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    impls = {"reference eager": lambda x, T, *p: st_adapter_reference(x, T, *p),
+             "triton": lambda x, T, *p: saf.st_adapter(x, T, *p, backend="triton")}
+    print(f"{'config':8s} {'impl':16s} {'mode':8s} {'launched ms':>12s} {'graph ms':>10s}")
+    for config in args.config:
+        clips, frames, tokens, channels, ca = GPU_CONFIGS[config]
+        x = torch.randn(clips * frames, tokens, channels, device="cuda", dtype=dtype, requires_grad=True)
+        params = [torch.randn(*s, device="cuda", dtype=dtype).mul_(0.1).requires_grad_() for s in
+                  [(ca, channels), (ca,), (ca, 1, 3, 1, 1), (ca,), (channels, ca), (channels,)]]
+        g = torch.randn_like(x)
+        for name, fn in impls.items():
+            def fwd():
+                with torch.no_grad():
+                    return fn(x, frames, *params)
+
+            def train():
+                return torch.autograd.grad(fn(x, frames, *params), [x, *params], g)
+            for mode, step in (("fwd", fwd), ("fwd+bwd", train)):
+                launched = triton.testing.do_bench(step, warmup=50, rep=300, return_mode="median")
+                try:
+                    replay = graphed(step)
+                    in_graph = f"{triton.testing.do_bench(replay, warmup=50, rep=300, return_mode='median'):10.3f}"
+                except Exception as e:  # report, keep going
+                    in_graph = f"failed: {type(e).__name__}: {str(e)[:80]}"
+                print(f"{config:8s} {name:16s} {mode:8s} {launched:12.3f} {in_graph}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
