@@ -110,22 +110,38 @@ def st_adapter(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_
     if x.stride(-1) != 1:
         x = x.contiguous()
     need_h = torch.is_grad_enabled() and any(t.requires_grad for t in (x,) + params)
-    y, _ = adapter_fwd(x, *params, num_frames, num_prefix_tokens, activation_op_name(activation), need_h)
-    return y
+    args = (x, *params, num_frames, num_prefix_tokens, activation_op_name(activation), need_h)
+    if torch.compiler.is_compiling():
+        return adapter_fwd(*args)[0]
+    return _EagerTritonAdapter.apply(*args)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Registered ops (Triton path). Arguments arrive validated from st_adapter().
+
+def _forward_impl(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, num_frames,
+                  num_prefix_tokens, activation, need_h):
+    from .triton.adapter import adapter_forward
+    with torch.autocast(x.device.type, enabled=False):
+        return adapter_forward(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias,
+                               num_frames, num_prefix_tokens, activation, need_h)
+
+
+def _backward_impl(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight, num_frames, num_prefix_tokens,
+                   activation):
+    from .triton.adapter import adapter_backward
+    with torch.autocast(x.device.type, enabled=False):
+        return adapter_backward(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight,
+                                num_frames, num_prefix_tokens, activation)
+
 
 @torch.library.custom_op("st_adapter_fast::adapter_fwd", mutates_args=())
 def adapter_fwd(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, conv_weight: torch.Tensor,
                 conv_bias: torch.Tensor, fc2_weight: torch.Tensor, fc2_bias: torch.Tensor, num_frames: int,
                 num_prefix_tokens: int, activation: str, need_h: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, h): the adapter output and, when need_h, fc1's output (B*T, L, Ca) for backward (prefix rows unused)."""
-    from .triton.adapter import adapter_forward
-    with torch.autocast(x.device.type, enabled=False):
-        return adapter_forward(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias,
-                               num_frames, num_prefix_tokens, activation, need_h)
+    return _forward_impl(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, num_frames,
+                         num_prefix_tokens, activation, need_h)
 
 
 @adapter_fwd.register_fake
@@ -144,10 +160,8 @@ def adapter_bwd(grad_y: torch.Tensor, x: torch.Tensor, h: torch.Tensor, fc1_weig
                                                                   torch.Tensor, torch.Tensor, torch.Tensor,
                                                                   torch.Tensor]:
     """Gradients of adapter_fwd's y w.r.t. (x, fc1.weight, fc1.bias, conv.weight, conv.bias, fc2.weight, fc2.bias)."""
-    from .triton.adapter import adapter_backward
-    with torch.autocast(x.device.type, enabled=False):
-        return adapter_backward(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight,
-                                num_frames, num_prefix_tokens, activation)
+    return _backward_impl(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight, num_frames,
+                          num_prefix_tokens, activation)
 
 
 @adapter_bwd.register_fake
@@ -157,22 +171,39 @@ def _(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight, num_frames, 
     return (torch.empty_like(x), new(ca, c), new(ca), torch.empty_like(conv_weight), new(ca), new(c, ca), new(c))
 
 
-def _setup_context(ctx, inputs, output):
+def _save_for_backward(ctx, inputs, h):
     x, fc1_weight, _, conv_weight, conv_bias, fc2_weight, _, num_frames, num_prefix_tokens, activation, need_h = inputs
-    _, h = output
-    if not need_h:
-        return
-    # x is alive anyway (the block's input); h is the only activation saved; conv/act are recomputed.
-    ctx.save_for_backward(x, h, fc1_weight, conv_weight, conv_bias, fc2_weight)
-    ctx.config = (num_frames, num_prefix_tokens, activation)
-    ctx.mark_non_differentiable(h)
+    if need_h:
+        # x is alive anyway (the block's input); h is the only activation saved; conv/act are recomputed.
+        ctx.save_for_backward(x, h, fc1_weight, conv_weight, conv_bias, fc2_weight)
+        ctx.config = (num_frames, num_prefix_tokens, activation)
 
 
-def _backward(ctx, grad_y, _grad_h):
+def _gradients(ctx, grad_y, backward_fn):
     if not ctx.saved_tensors:
         raise RuntimeError("st_adapter_fast: backward through an adapter call made without gradients enabled")
-    grads = adapter_bwd(grad_y, *ctx.saved_tensors, *ctx.config)
-    return (*grads, None, None, None, None)
+    return (*backward_fn(grad_y, *ctx.saved_tensors, *ctx.config), None, None, None, None)
 
 
-adapter_fwd.register_autograd(_backward, setup_context=_setup_context)
+def _setup_context(ctx, inputs, output):
+    _save_for_backward(ctx, inputs, output[1])
+    ctx.mark_non_differentiable(output[1])
+
+
+adapter_fwd.register_autograd(lambda ctx, grad_y, _grad_h: _gradients(ctx, grad_y, adapter_bwd),
+                              setup_context=_setup_context)
+
+
+class _EagerTritonAdapter(torch.autograd.Function):
+    """The registered ops' forward and backward without the custom-op dispatch, which costs several
+    hundred microseconds of host time per training step; st_adapter() uses it outside torch.compile."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        y, h = _forward_impl(*inputs)
+        _save_for_backward(ctx, inputs, h)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        return _gradients(ctx, grad_y, _backward_impl)
