@@ -152,3 +152,19 @@ def test_fused_gemm_variant(kernel_t, activation, dtype, monkeypatch, poison_emp
     monkeypatch.setattr(triton_adapter, "FUSED_GEMM", True)
     check_parity(2, 3, kernel_t, activation, dtype)
     check_parity(1, 8, kernel_t, activation, dtype, prefix=0, grid=(5, 5))
+
+
+def test_empty_batch():
+    x, params = random_inputs(1, 2, 10, C, CA, (3, 1, 1), device=DEVICE)
+    x, params = x[:0].float().requires_grad_(), [p.float() for p in params]
+    y = saf.st_adapter(x, 2, *params, backend="triton")
+    assert y.shape == (0, 10, C)
+
+
+def test_double_backward_raises_instead_of_silently_wrong():
+    x, params = random_inputs(1, 2, 10, C, CA, (3, 1, 1), device=DEVICE)
+    x, params = x.float().requires_grad_(), [p.float().requires_grad_() for p in params]
+    y = saf.st_adapter(x, 2, *params, grid_size=(3, 3), backend="triton")
+    (grad_x,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        grad_x.sum().backward()

@@ -56,8 +56,8 @@ _matmul_residual = _tuned(matmul_residual_kernel, _matmul_configs(), ["K", "NC",
 
 
 def _conv_grid(batch, num_patches, adapter_channels):
-    return lambda meta: (triton.cdiv(num_patches, meta["BLOCK_N"]) * triton.cdiv(adapter_channels, meta["BLOCK_CA"]),
-                         batch)
+    return lambda meta: (batch * triton.cdiv(num_patches, meta["BLOCK_N"]) * triton.cdiv(adapter_channels,
+                                                                                        meta["BLOCK_CA"]),)
 
 
 def matmul_residual(a, b, bias, residual, out):

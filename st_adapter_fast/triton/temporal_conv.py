@@ -18,6 +18,18 @@ MAX_KERNEL_T = 7
 
 
 @triton.jit
+def _block_of_program(N, CA, BLOCK_N: tl.constexpr, BLOCK_CA: tl.constexpr):
+    """(clip, token block, channel block) of this program in a 1-d grid of B * blocks programs.
+    The channel block varies fastest, so programs reading the same rows run side by side (L2 reuse)."""
+    num_ca_blocks = tl.cdiv(CA, BLOCK_CA)
+    blocks_per_clip = tl.cdiv(N, BLOCK_N) * num_ca_blocks
+    pid = tl.program_id(0).to(tl.int64)
+    clip = pid // blocks_per_clip
+    rest = pid % blocks_per_clip
+    return clip, rest // num_ca_blocks, rest % num_ca_blocks
+
+
+@triton.jit
 def _push(m3, m2, m1, z, p1, p2, p3, new, PAD: tl.constexpr):
     """Slide the window (offsets -PAD..PAD) one frame on: drop offset -PAD, put `new` at +PAD."""
     if PAD >= 3:
@@ -104,14 +116,11 @@ def down_conv_act_fwd_kernel(
     """h = x @ W1^T + b1 (stored if STORE_H), a = act(conv_t(h) + bc) (stored), for one clip's block.
     With FUSED_GEMM off, h was computed beforehand (cuBLAS) and is read instead.
 
-    Grid: (cdiv(N, BLOCK_N) * cdiv(CA, BLOCK_CA), B); the channel block varies fastest so that
-    programs reading the same x rows run side by side and share them through L2.
+    Grid: (B * cdiv(N, BLOCK_N) * cdiv(CA, BLOCK_CA),), see _block_of_program.
     """
     PAD: tl.constexpr = KT // 2
-    num_ca_blocks = tl.cdiv(CA, BLOCK_CA)
-    pid_n = tl.program_id(0) // num_ca_blocks
-    pid_ca = tl.program_id(0) % num_ca_blocks
-    first_frame = tl.program_id(1).to(tl.int64) * T
+    clip, pid_n, pid_ca = _block_of_program(N, CA, BLOCK_N, BLOCK_CA)
+    first_frame = clip * T
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_ca = pid_ca * BLOCK_CA + tl.arange(0, BLOCK_CA)
@@ -181,10 +190,8 @@ def down_conv_act_bwd_kernel(
     Grid as the forward's. The window holds grad_c; h tiles are re-read (from cache) as needed.
     """
     PAD: tl.constexpr = KT // 2
-    num_ca_blocks = tl.cdiv(CA, BLOCK_CA)
-    pid_n = tl.program_id(0) // num_ca_blocks
-    pid_ca = tl.program_id(0) % num_ca_blocks
-    first_frame = tl.program_id(1).to(tl.int64) * T
+    clip, pid_n, pid_ca = _block_of_program(N, CA, BLOCK_N, BLOCK_CA)
+    first_frame = clip * T
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_ca = pid_ca * BLOCK_CA + tl.arange(0, BLOCK_CA)
@@ -257,7 +264,7 @@ def down_conv_act_bwd_kernel(
             tl.store(gh_ptrs, gh.to(gh_ptr.dtype.element_ty), mask=tile_mask)
 
     # Partials laid out (programs over clip and token block, CA, KT); summed over dim 0 by the caller.
-    part = (tl.program_id(1).to(tl.int64) * tl.cdiv(N, BLOCK_N) + pid_n) * CA
+    part = (clip * tl.cdiv(N, BLOCK_N) + pid_n) * CA
     tl.store(dbc_part_ptr + part + offs_ca, dbc, mask=ca_mask)
     tl.store(db1_part_ptr + part + offs_ca, db1, mask=ca_mask)
     dw_ptrs = dwc_part_ptr + (part + offs_ca) * KT + PAD
