@@ -1,4 +1,4 @@
-"""`st-adapter-fast` command line: `check` (parity report of every available backend)."""
+"""`st-adapter-fast` command line: `check` (parity report of every available backend) and `bench`."""
 import argparse
 import os
 import sys
@@ -65,6 +65,10 @@ def main(argv=None):
     p.add_argument("--interpret", action="store_true",
                    help="on the CPU, also check the Triton kernels under TRITON_INTERPRET=1 (slow)")
     p.set_defaults(func=check)
+    b = sub.add_parser("bench", help="time every backend and baseline (see st_adapter_fast/benchmark.py)")
+    from . import benchmark
+    benchmark.add_arguments(b)
+    b.set_defaults(func=lambda args: benchmark.run(args) and 0)
     args = parser.parse_args(argv)
     return args.func(args)
 

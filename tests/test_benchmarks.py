@@ -1,0 +1,55 @@
+"""Benchmark smoke tests: pytest-benchmark timings of a tiny config (disabled by default via
+--benchmark-disable in pyproject, so CI runs each once; `pytest tests/test_benchmarks.py --benchmark-enable`
+times them and `pytest-benchmark compare` tracks regressions), the bench harness, the e2e step and the plot."""
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+import st_adapter_fast as saf
+from st_adapter_fast import benchmark as bench
+from conftest import DEVICE
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+
+SHAPE = (2, 4, 17, 64, 32)  # clips, frames, tokens, C, Ca
+
+
+@pytest.mark.parametrize("backend", [pytest.param("triton", marks=pytest.mark.triton), "reference"])
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+def test_adapter_speed(benchmark, backend, mode):
+    x, params, grad_y = bench._adapter_inputs(*SHAPE, DEVICE, torch.float32)
+    fn = lambda x_, T, *p: saf.st_adapter(x_, T, *p, backend=backend)
+    benchmark(lambda: bench.bench_case(backend, fn, mode, x, params, grad_y, SHAPE[1], lambda f: (f(), None)))
+
+
+def test_bench_harness_writes_and_upserts(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "CPU_CONFIGS", {"small": (1, 2, 10, 16, 8)})
+    monkeypatch.setattr(bench, "GPU_CONFIGS", {"small": (1, 2, 10, 16, 8)})
+    monkeypatch.setattr(bench, "implementations", lambda device: {
+        "reference eager": lambda x, T, *p: saf.st_adapter(x, T, *p, backend="reference")})
+    out = tmp_path / "r.json"
+    bench.main(["--quick", "--out", str(out)])
+    bench.main(["--quick", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["mode"], r["impl"]) for r in rows} == {("fwd", "reference eager"), ("fwd+bwd", "reference eager")}
+    assert len(rows) == 2 and all(r["median_ms"] > 0 and r["floor_ms"] > 0 for r in rows)
+
+
+@pytest.mark.triton
+def test_end_to_end_step_runs_both_variants():
+    from st_adapter_fast.e2e import end_to_end
+    result = end_to_end(DEVICE, model_name="vit_tiny_patch16_224", clips=1, frames=2, img_size=32, adapter_channels=16,
+                        backends={"reference adapters": "reference", "st-adapter-fast": "triton"}, steps=1)
+    assert set(result["variants"]) == {"reference adapters", "st-adapter-fast"}
+    assert all(v["step_ms"] > 0 and v["saved_for_backward_bytes"] > 0 for v in result["variants"].values())
+
+
+def test_plot_from_results(tmp_path):
+    plot_results = pytest.importorskip("plot_results")
+    rows = [dict(config="vit-b16", dtype="bfloat16", mode="fwd+bwd", impl=impl, speedup_vs_reference=s)
+            for impl, s in [("reference eager", 1.0), ("triton", 3.0)]]
+    out = plot_results.plot(dict(device="test", torch="x", rows=rows), out=str(tmp_path / "p.png"))
+    assert os.path.getsize(out) > 1000
