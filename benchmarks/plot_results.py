@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def plot(result, mode="fwd+bwd", out=None):
     rows = [r for r in result["rows"] if r["mode"] == mode]
-    groups = sorted({(r["config"], r["dtype"]) for r in rows}, key=lambda g: [r["config"] for r in rows].index(g[0]))
+    groups = list(dict.fromkeys((r["config"], r["dtype"]) for r in rows))
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     speedup = {(r["config"], r["dtype"], r["impl"]): r["speedup_vs_reference"] for r in rows}
     width = 0.8 / max(len(impls), 1)
