@@ -18,15 +18,24 @@ MAX_KERNEL_T = 7
 
 
 @triton.jit
-def _block_of_program(N, CA, BLOCK_N: tl.constexpr, BLOCK_CA: tl.constexpr):
-    """(clip, token block, channel block) of this program in a 1-d grid of B * blocks programs.
-    The channel block varies fastest, so programs reading the same rows run side by side (L2 reuse)."""
+def _program_tile(N, CA, T, BLOCK_N: tl.constexpr, BLOCK_CA: tl.constexpr):
+    """This program's clip, token block and channel block, in a 1-d grid of B * blocks programs.
+
+    The channel block varies fastest, so programs reading the same rows run side by side (L2 reuse).
+    Returns (clip, token block, first frame row, token offsets (int64), channel offsets, token mask,
+    channel mask, tile mask).
+    """
     num_ca_blocks = tl.cdiv(CA, BLOCK_CA)
     blocks_per_clip = tl.cdiv(N, BLOCK_N) * num_ca_blocks
     pid = tl.program_id(0).to(tl.int64)
     clip = pid // blocks_per_clip
-    rest = pid % blocks_per_clip
-    return clip, rest // num_ca_blocks, rest % num_ca_blocks
+    pid_n = (pid % blocks_per_clip) // num_ca_blocks
+    pid_ca = (pid % blocks_per_clip) % num_ca_blocks
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_ca = pid_ca * BLOCK_CA + tl.arange(0, BLOCK_CA)
+    n_mask = offs_n < N
+    ca_mask = offs_ca < CA
+    return clip, pid_n, clip * T, offs_n, offs_ca, n_mask, ca_mask, n_mask[:, None] & ca_mask[None, :]
 
 
 @triton.jit
@@ -87,7 +96,7 @@ def _window_sum(m3, m2, m1, z, p1, p2, p3, w_m3, w_m2, w_m1, w_z, w_p1, w_p2, w_
 
 
 @triton.jit
-def _rows_times_matrix(rows_ptr, mat_ptr, offs_n, n_mask, offs_ca, ca_mask, C, stride_mat_ca, stride_mat_c,
+def _rows_times_matrix(rows_ptr, mat_ptr, n_mask, offs_ca, ca_mask, C, stride_mat_ca, stride_mat_c,
                        BLOCK_N: tl.constexpr, BLOCK_CA: tl.constexpr, BLOCK_K: tl.constexpr,
                        DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """fp32 (BLOCK_N, BLOCK_CA) tile of rows (BLOCK_N, C) @ mat[:, ca] where mat[ca, c] sits at
@@ -116,18 +125,11 @@ def down_conv_act_fwd_kernel(
     """h = x @ W1^T + b1 (stored if STORE_H), a = act(conv_t(h) + bc) (stored), for one clip's block.
     With FUSED_GEMM off, h was computed beforehand (cuBLAS) and is read instead.
 
-    Grid: (B * cdiv(N, BLOCK_N) * cdiv(CA, BLOCK_CA),), see _block_of_program.
+    Grid: (B * cdiv(N, BLOCK_N) * cdiv(CA, BLOCK_CA),), see _program_tile.
     """
     PAD: tl.constexpr = KT // 2
-    clip, pid_n, pid_ca = _block_of_program(N, CA, BLOCK_N, BLOCK_CA)
-    first_frame = clip * T
-
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_ca = pid_ca * BLOCK_CA + tl.arange(0, BLOCK_CA)
-    n_mask = offs_n < N
-    ca_mask = offs_ca < CA
-    tile_mask = n_mask[:, None] & ca_mask[None, :]
-    offs_n64 = offs_n.to(tl.int64)
+    clip, pid_n, first_frame, offs_n64, offs_ca, n_mask, ca_mask, tile_mask = _program_tile(N, CA, T, BLOCK_N,
+                                                                                            BLOCK_CA)
 
     b1 = tl.load(b1_ptr + offs_ca, mask=ca_mask, other=0.0).to(tl.float32)
     bc = tl.load(bc_ptr + offs_ca, mask=ca_mask, other=0.0).to(tl.float32)
@@ -143,7 +145,7 @@ def down_conv_act_fwd_kernel(
             h_ptrs = h_ptr + frame * stride_hf + offs_n64[:, None] * stride_hn + offs_ca[None, :]
             if FUSED_GEMM:
                 x_rows = x_ptr + frame * stride_xf + offs_n64 * stride_xn
-                acc = _rows_times_matrix(x_rows, w1_ptr, offs_n, n_mask, offs_ca, ca_mask, C, stride_w1_ca,
+                acc = _rows_times_matrix(x_rows, w1_ptr, n_mask, offs_ca, ca_mask, C, stride_w1_ca,
                                          stride_w1_c, BLOCK_N, BLOCK_CA, BLOCK_K, DOT_DTYPE, DOT_PRECISION)
                 # Round h as stored, so that forward and the backward's recomputation see the same h.
                 h_io = (acc + b1[None, :]).to(h_ptr.dtype.element_ty)
@@ -190,15 +192,8 @@ def down_conv_act_bwd_kernel(
     Grid as the forward's. The window holds grad_c; h tiles are re-read (from cache) as needed.
     """
     PAD: tl.constexpr = KT // 2
-    clip, pid_n, pid_ca = _block_of_program(N, CA, BLOCK_N, BLOCK_CA)
-    first_frame = clip * T
-
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_ca = pid_ca * BLOCK_CA + tl.arange(0, BLOCK_CA)
-    n_mask = offs_n < N
-    ca_mask = offs_ca < CA
-    tile_mask = n_mask[:, None] & ca_mask[None, :]
-    offs_n64 = offs_n.to(tl.int64)
+    clip, pid_n, first_frame, offs_n64, offs_ca, n_mask, ca_mask, tile_mask = _program_tile(N, CA, T, BLOCK_N,
+                                                                                            BLOCK_CA)
 
     bc = tl.load(bc_ptr + offs_ca, mask=ca_mask, other=0.0).to(tl.float32)
     w_m3, w_m2, w_m1, w_z, w_p1, w_p2, w_p3 = _load_taps(wc_ptr, offs_ca, ca_mask, KT)
@@ -218,7 +213,7 @@ def down_conv_act_bwd_kernel(
             frame = first_frame + t
             if FUSED_GEMM:
                 g_rows = g_ptr + frame * stride_gf + offs_n64 * stride_gn
-                grad_a = _rows_times_matrix(g_rows, w2_ptr, offs_n, n_mask, offs_ca, ca_mask, C, stride_w2_ca,
+                grad_a = _rows_times_matrix(g_rows, w2_ptr, n_mask, offs_ca, ca_mask, C, stride_w2_ca,
                                             stride_w2_c, BLOCK_N, BLOCK_CA, BLOCK_K, DOT_DTYPE, DOT_PRECISION)
             else:  # g_ptr holds grad_a = g @ W2, with strides (stride_gf, stride_gn)
                 grad_a = tl.load(g_ptr + frame * stride_gf + offs_n64[:, None] * stride_gn + offs_ca[None, :],
