@@ -2,7 +2,8 @@
 
 `st_adapter(...)` is the one entry point. The Triton path is a pair of `torch.library.custom_op`s
 (`st_adapter_fast::adapter_fwd` / `adapter_bwd`) with fake implementations, so torch.compile sees
-them as opaque nodes with known output shapes and never breaks the graph on them.
+them as opaque nodes with known output shapes and never breaks the graph on them. Eager calls run
+the same forward/backward through a plain autograd.Function, which skips the custom-op dispatch.
 """
 import importlib.util
 import warnings
