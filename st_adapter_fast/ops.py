@@ -139,8 +139,10 @@ def _backward_impl(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight,
 @torch.library.custom_op("st_adapter_fast::adapter_fwd", mutates_args=())
 def adapter_fwd(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, conv_weight: torch.Tensor,
                 conv_bias: torch.Tensor, fc2_weight: torch.Tensor, fc2_bias: torch.Tensor, num_frames: int,
-                num_prefix_tokens: int, activation: str, need_h: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, h): the adapter output and, when need_h, fc1's output (B*T, L, Ca) for backward (prefix rows unused)."""
+                num_prefix_tokens: int, activation: str, need_h: bool) -> tuple[torch.Tensor, torch.Tensor,
+                                                                               torch.Tensor]:
+    """(y, h, x_low): the adapter output and, for backward when need_h, fc1's output (B*T, L, Ca) and x in
+    the compute dtype when that differs from x's (else empty tensors)."""
     return _forward_impl(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, num_frames,
                          num_prefix_tokens, activation, need_h)
 
@@ -149,9 +151,11 @@ def adapter_fwd(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: torch.Tenso
 def _(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, num_frames, num_prefix_tokens,
       activation, need_h):
     frames, num_tokens, _ = x.shape
+    dtype = fc1_weight.dtype
     h_shape = (frames, num_tokens, fc1_weight.shape[0]) if need_h else (0, 1, 1)
-    y = x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, fc1_weight.dtype))
-    return y, x.new_empty(h_shape, dtype=fc1_weight.dtype)
+    x_low_shape = x.shape if need_h and x.dtype != dtype else (0, 1, 1)
+    y = x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, dtype))
+    return y, x.new_empty(h_shape, dtype=dtype), x.new_empty(x_low_shape, dtype=dtype)
 
 
 @torch.library.custom_op("st_adapter_fast::adapter_bwd", mutates_args=())
@@ -169,14 +173,15 @@ def adapter_bwd(grad_y: torch.Tensor, x: torch.Tensor, h: torch.Tensor, fc1_weig
 def _(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight, num_frames, num_prefix_tokens, activation):
     ca, c = fc1_weight.shape
     new = lambda *shape: fc1_weight.new_empty(shape)
-    return (torch.empty_like(x), new(ca, c), new(ca), torch.empty_like(conv_weight), new(ca), new(c, ca), new(c))
+    return (torch.empty_like(grad_y), new(ca, c), new(ca), torch.empty_like(conv_weight), new(ca), new(c, ca), new(c))
 
 
-def _save_for_backward(ctx, inputs, h):
+def _save_for_backward(ctx, inputs, h, x_low):
     x, fc1_weight, _, conv_weight, conv_bias, fc2_weight, _, num_frames, num_prefix_tokens, activation, need_h = inputs
     if need_h:
-        # x is alive anyway (the block's input); h is the only activation saved; conv/act are recomputed.
-        ctx.save_for_backward(x, h, fc1_weight, conv_weight, conv_bias, fc2_weight)
+        # x (in the compute dtype, as fc1's weight gradient uses it) and h are all that is kept;
+        # the conv and the activation are recomputed from h.
+        ctx.save_for_backward(x_low if x_low.numel() else x, h, fc1_weight, conv_weight, conv_bias, fc2_weight)
         ctx.config = (num_frames, num_prefix_tokens, activation)
 
 
@@ -187,11 +192,12 @@ def _gradients(ctx, grad_y, backward_fn):
 
 
 def _setup_context(ctx, inputs, output):
-    _save_for_backward(ctx, inputs, output[1])
-    ctx.mark_non_differentiable(output[1])
+    _, h, x_low = output
+    _save_for_backward(ctx, inputs, h, x_low)
+    ctx.mark_non_differentiable(h, x_low)
 
 
-adapter_fwd.register_autograd(lambda ctx, grad_y, _grad_h: _gradients(ctx, grad_y, adapter_bwd),
+adapter_fwd.register_autograd(lambda ctx, grad_y, _grad_h, _grad_x_low: _gradients(ctx, grad_y, adapter_bwd),
                               setup_context=_setup_context)
 
 
@@ -201,8 +207,8 @@ class _EagerTritonAdapter(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, *inputs):
-        y, h = _forward_impl(*inputs)
-        _save_for_backward(ctx, inputs, h)
+        y, h, x_low = _forward_impl(*inputs)
+        _save_for_backward(ctx, inputs, h, x_low)
         return y
 
     @staticmethod

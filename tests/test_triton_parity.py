@@ -125,7 +125,8 @@ def test_autocast_matches_reference_dtype_behaviour(dtype):
 
 
 def test_saved_bytes_at_most_half_of_reference():
-    """Activations saved for backward (excluding parameters and x, which is alive anyway)."""
+    """Activations saved for backward other than x (the measure DESIGN.md sets: x is the block's input).
+    Counting x, see test_saved_bytes_counting_x."""
     x, params = random_inputs(2, 8, 17, C, CA, (3, 1, 1), device=DEVICE)
     x = x.float().requires_grad_()
     params = [p.float().requires_grad_() for p in params]
@@ -141,6 +142,26 @@ def test_opcheck():
     x, params = random_inputs(2, 3, 13, C, CA, (3, 1, 1), device=DEVICE)
     x, params = x.float().requires_grad_(), [p.float().requires_grad_() for p in params]
     torch.library.opcheck(saf.ops.adapter_fwd, (x, *params, 3, 1, "gelu", True))
+    low = [p.detach().to(torch.float16).requires_grad_() for p in params]
+    torch.library.opcheck(saf.ops.adapter_fwd, (x, *low, 3, 1, "gelu", True))    # autocast-style mixed dtypes
+    torch.library.opcheck(saf.ops.adapter_fwd, (x.detach(), *[p.detach() for p in params], 3, 1, "none", False))
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_saved_bytes_counting_x(autocast):
+    """Everything saved but the parameters, x included: ours keeps x (in the compute dtype) and h, the
+    reference keeps a copy of x's patch rows and three (N x Ca) tensors. About 0.6 for ViT-B/16 shapes;
+    the issue's target of 0.5 would need x itself not to be kept (e.g. recomputed from y)."""
+    x, params = random_inputs(2, 8, 197, 96, 48, (3, 1, 1), device=DEVICE)
+    x = x.float().requires_grad_()
+    params = [p.float().requires_grad_() for p in params]
+
+    def saved_bytes(backend):
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
+            return saved_activation_bytes(lambda: saf.st_adapter(x, 8, *params, backend=backend), *params)
+
+    ours, reference = saved_bytes("triton"), saved_bytes("reference")
+    assert ours <= 0.65 * reference, (ours, reference)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

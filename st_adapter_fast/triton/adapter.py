@@ -129,19 +129,23 @@ def _add_matmul(residual, a_rows, weight_t, out_dtype, P, bias=None):
 
 def adapter_forward(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias,
                     num_frames, num_prefix_tokens, activation, need_h):
-    """y, and (when need_h, else an empty tensor) h = fc1(x) of shape (frames, L, Ca), read on patch rows only."""
+    """(y, h, x_low). When need_h (else empty tensors): h = fc1(x) of shape (frames, L, Ca), read on patch rows
+    only, and, if x's dtype is not the compute dtype (autocast), x_low = x in the compute dtype: what the
+    backward needs of x, at the size the reference keeps."""
     frames, num_tokens, channels = x.shape
     P, N = num_prefix_tokens, num_tokens - num_prefix_tokens
     Ca, kt = conv_weight.shape[0], conv_weight.shape[2]
     dtype = fc1_weight.dtype
     x_patch = x[:, P:]
+    # cuBLAS's fc1 needs x in the compute dtype, and backward keeps that copy (a no-op when dtypes agree).
+    x_low = x.to(dtype) if (need_h or not FUSED_GEMM) else x
     a_aug = _augmented_activation_buffer(frames, num_tokens, P, Ca, fc1_weight)
     a = a_aug[:, P:, :Ca]
     # h keeps all L rows (prefix rows zero when fused) so that the op returns one fixed layout.
     if FUSED_GEMM:
         h_full = _zero_prefix_buffer(frames, num_tokens, P, Ca, a) if need_h else a.new_empty((0, 1, 1))
     else:  # all L rows through cuBLAS: no slicing copy; the kernel reads the patch rows
-        h_full = torch.nn.functional.linear(x.to(dtype), fc1_weight, fc1_bias)
+        h_full = torch.nn.functional.linear(x_low, fc1_weight, fc1_bias)
     h = h_full[:, P:] if h_full.numel() else h_full
     dot_dtype, precision = dot_settings(dtype)
     _conv_fwd(_conv_grid(frames // num_frames, N, Ca),
@@ -159,7 +163,8 @@ def adapter_forward(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight,
         y = _add_matmul(x, a_rows, _augmented_fc2_weight(fc2_weight, fc2_bias).t(), out_dtype, P)
     else:
         y = _add_matmul(x, a_rows[:, :Ca], fc2_weight.t(), out_dtype, P, bias=fc2_bias)
-    return y, (h_full if need_h else a.new_empty((0, 1, 1)))
+    empty = lambda: a.new_empty((0, 1, 1))  # distinct tensors: op outputs must not alias
+    return y, (h_full if need_h else empty()), (x_low if need_h and x.dtype != dtype else empty())
 
 
 def _zero_prefix_buffer(frames, num_tokens, num_prefix_tokens, channels, like):
@@ -171,7 +176,8 @@ def _zero_prefix_buffer(frames, num_tokens, num_prefix_tokens, channels, like):
 
 def adapter_backward(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight,
                      num_frames, num_prefix_tokens, activation):
-    """Gradients (x, fc1.weight, fc1.bias, conv.weight, conv.bias, fc2.weight, fc2.bias)."""
+    """Gradients (x, fc1.weight, fc1.bias, conv.weight, conv.bias, fc2.weight, fc2.bias); x may be the
+    forward's x_low, and the gradient of x comes in grad_y's dtype (autograd casts it to x's)."""
     frames, num_tokens, channels = x.shape
     P, N = num_prefix_tokens, num_tokens - num_prefix_tokens
     Ca, kt = conv_weight.shape[0], conv_weight.shape[2]
@@ -212,5 +218,5 @@ def adapter_backward(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weigh
     grad_conv_weight = conv_weight_part.sum(0).to(dtype).reshape(conv_weight.shape)
     grad_conv_bias = conv_bias_part.sum(0).to(dtype)
     # Prefix rows of grad_h are zero, so over all L rows dx = g there, exactly.
-    grad_x = _add_matmul(grad_y, grad_h.view(-1, Ca), fc1_weight, x.dtype, P)
+    grad_x = _add_matmul(grad_y, grad_h.view(-1, Ca), fc1_weight, grad_y.dtype, P)
     return grad_x, grad_fc1_weight, grad_fc1_bias, grad_conv_weight, grad_conv_bias, grad_fc2_weight, grad_fc2_bias
