@@ -51,8 +51,7 @@ _conv_fwd = _tuned(down_conv_act_fwd_kernel, _conv_configs(), ["C", "CA", "KT", 
 # The partial-sum buffers must start at zero: a config with larger blocks writes fewer partials.
 _conv_bwd = _tuned(down_conv_act_bwd_kernel, _conv_configs(), ["C", "CA", "KT", "ACT", "FUSED_GEMM"],
                    _INTERPRET_CONV_BLOCKS, reset_to_zero=["dwc_part_ptr", "dbc_part_ptr", "db1_part_ptr"])
-_matmul_residual = _tuned(matmul_residual_kernel, _matmul_configs(), ["K", "NC", "HAS_BIAS"],
-                          _INTERPRET_MATMUL_BLOCKS)
+_matmul_residual = _tuned(matmul_residual_kernel, _matmul_configs(), ["K", "NC"], _INTERPRET_MATMUL_BLOCKS)
 
 
 def _conv_grid(batch, num_patches, adapter_channels):
@@ -60,26 +59,25 @@ def _conv_grid(batch, num_patches, adapter_channels):
                                                                                         meta["BLOCK_CA"]),)
 
 
-def matmul_residual(a, b, bias, residual, out):
-    """out = residual + a @ b (+ bias) over rows of (frames, N, .) views; the last stride of each is 1."""
+def matmul_residual(a, b, residual, out):
+    """out = residual + a @ b over rows of (frames, N, .) tensors; the last stride of each is 1."""
     frames, num_rows, k = a.shape
     nc = b.shape[1]
     dot_dtype, precision = dot_settings(b.dtype)
     m = frames * num_rows
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(nc, meta["BLOCK_NC"]),)
-    _matmul_residual(grid, a_ptr=a, b_ptr=b, bias_ptr=bias if bias is not None else b, res_ptr=residual,
-                     out_ptr=out, M=m, N=num_rows, K=k, NC=nc,
+    _matmul_residual(grid, a_ptr=a, b_ptr=b, res_ptr=residual, out_ptr=out, M=m, N=num_rows, K=k, NC=nc,
                      stride_af=a.stride(0), stride_an=a.stride(1), stride_bk=b.stride(0), stride_bn=b.stride(1),
                      stride_rf=residual.stride(0), stride_rn=residual.stride(1),
                      stride_of=out.stride(0), stride_on=out.stride(1),
-                     HAS_BIAS=bias is not None, DOT_DTYPE=dot_dtype, DOT_PRECISION=precision)
+                     DOT_DTYPE=dot_dtype, DOT_PRECISION=precision)
     return out
 
 
 # The up-projection's input `a` carries BIAS_COLUMNS extra columns: a 1 on patch rows (0 on prefix rows)
 # that meets fc2.bias in the augmented weight, and zero padding that keeps rows 16-byte aligned. Then
-# y = x + a_aug @ W2_aug^T is one cuBLAS addmm that leaves the prefix rows exactly x, and the bias
-# gradient falls out of the weight gradient's extra column.
+# y = x + a_aug @ W2_aug^T is one GEMM (cuBLAS addmm, or the Triton fallback) that leaves the prefix rows
+# exactly x, and the bias gradient falls out of the weight gradient's extra column.
 BIAS_COLUMNS = 8
 
 
@@ -110,21 +108,16 @@ def _rows(t):
     return None
 
 
-def _add_matmul(residual, a_rows, weight_t, out_dtype, P, bias=None):
-    """out = residual + (a @ weight_t) (+ bias on patch rows, already inside a_rows/weight_t when bias is None).
-
-    One cuBLAS addmm when residual has the compute dtype and a row view; else the Triton kernel with the
-    residual in its epilogue (autocast's fp32 residual stream, odd strides).
-    """
+def _add_matmul(residual, a_rows, weight_t, out_dtype):
+    """residual + a @ weight_t over all rows, as out_dtype: one cuBLAS addmm where dtypes and strides
+    allow, else the Triton kernel with the residual in its epilogue. Rows where `a` is zero (the prefix
+    tokens) come out exactly as the residual."""
     frames, num_tokens, channels = residual.shape
     residual_rows = _rows(residual)
     if residual_rows is not None and residual.dtype == a_rows.dtype == out_dtype:
         return torch.addmm(residual_rows, a_rows, weight_t).view(frames, num_tokens, channels)
     out = torch.empty(residual.shape, device=residual.device, dtype=out_dtype)
-    out[:, :P] = residual[:, :P]
-    a = a_rows.view(frames, num_tokens, -1)[:, P:]
-    matmul_residual(a, weight_t, bias, residual[:, P:], out[:, P:])
-    return out
+    return matmul_residual(a_rows.view(frames, num_tokens, -1), weight_t, residual, out)
 
 
 def adapter_forward(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias,
@@ -157,12 +150,8 @@ def adapter_forward(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight,
               KT=kt, ACT=ACTIVATION_CODES[activation], STORE_H=need_h, FUSED_GEMM=FUSED_GEMM, DOT_DTYPE=dot_dtype,
               DOT_PRECISION=precision)
 
-    out_dtype = torch.promote_types(x.dtype, dtype)
-    a_rows = a_aug.view(frames * num_tokens, Ca + BIAS_COLUMNS)
-    if _rows(x) is not None and x.dtype == dtype:
-        y = _add_matmul(x, a_rows, _augmented_fc2_weight(fc2_weight, fc2_bias).t(), out_dtype, P)
-    else:
-        y = _add_matmul(x, a_rows[:, :Ca], fc2_weight.t(), out_dtype, P, bias=fc2_bias)
+    y = _add_matmul(x, a_aug.view(frames * num_tokens, Ca + BIAS_COLUMNS),
+                    _augmented_fc2_weight(fc2_weight, fc2_bias).t(), torch.promote_types(x.dtype, dtype))
     empty = lambda: a.new_empty((0, 1, 1))  # distinct tensors: op outputs must not alias
     return y, (h_full if need_h else empty()), (x_low if need_h and x.dtype != dtype else empty())
 
@@ -218,5 +207,5 @@ def adapter_backward(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weigh
     grad_conv_weight = conv_weight_part.sum(0).to(dtype).reshape(conv_weight.shape)
     grad_conv_bias = conv_bias_part.sum(0).to(dtype)
     # Prefix rows of grad_h are zero, so over all L rows dx = g there, exactly.
-    grad_x = _add_matmul(grad_y, grad_h.view(-1, Ca), fc1_weight, grad_y.dtype, P)
+    grad_x = _add_matmul(grad_y, grad_h.view(-1, Ca), fc1_weight, grad_y.dtype)
     return grad_x, grad_fc1_weight, grad_fc1_bias, grad_conv_weight, grad_conv_bias, grad_fc2_weight, grad_fc2_bias

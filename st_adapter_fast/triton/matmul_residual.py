@@ -1,9 +1,10 @@
-"""out = residual + A @ B (+ bias), over the patch rows of a token tensor, in Triton.
+"""out = residual + A @ B over the rows of token tensors, in Triton: the fallback for cuBLAS's addmm.
 
-Serves the up-projection in forward (y = x + a @ W2^T + b2) and the input gradient in backward
-(dx = g + grad_h @ W1). Rows are the (frame, token) pairs of a (frames, N, K) view, addressed through
-frame and token strides, so slices such as x[:, P:] need no copy; the residual is read and the output
-written in their own dtypes, which is how autocast's fp32 residual stream is handled without a cast pass.
+Serves the up-projection in forward (y = x + a_aug @ W2_aug^T, the bias inside the augmented operands)
+and the input gradient in backward (dx = g + grad_h @ W1) when addmm cannot: the residual has another
+dtype than the product (autocast's fp32 residual stream) or strides that allow no 2-d view. Rows are the
+(frame, token) pairs of (frames, N, .) tensors addressed through frame and token strides; the residual is
+read and the output written in their own dtypes.
 """
 import triton
 import triton.language as tl
@@ -17,13 +18,13 @@ def _row_offsets(rows, N, stride_f, stride_n):
 
 @triton.jit
 def matmul_residual_kernel(
-        a_ptr, b_ptr, bias_ptr, res_ptr, out_ptr,
+        a_ptr, b_ptr, res_ptr, out_ptr,
         M, N, K, NC,
         stride_af, stride_an, stride_bk, stride_bn,
         stride_rf, stride_rn, stride_of, stride_on,
-        HAS_BIAS: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_NC: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    """out[r, :NC] = res[r] + A[r, :K] @ B[:K, :NC] (+ bias), r over M = frames * N rows.
+    """out[r, :NC] = res[r] + A[r, :K] @ B[:K, :NC], r over M = frames * N rows.
 
     Programs are grouped GROUP_M row blocks at a time so that neighbours share B and A through L2.
     """
@@ -52,8 +53,6 @@ def matmul_residual_kernel(
                     mask=k_mask[:, None] & col_mask[None, :], other=0.0)
         acc = tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
 
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     mask = row_mask[:, None] & col_mask[None, :]
     res = tl.load(res_ptr + _row_offsets(rows, N, stride_rf, stride_rn)[:, None] + cols[None, :], mask=mask)
     out = res.to(tl.float32) + acc
