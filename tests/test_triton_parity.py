@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import st_adapter_fast as saf
-from helpers import TOLERANCE, forward_backward, parity_errors, random_inputs, rel_err
+from st_adapter_fast.parity import TOLERANCE, forward_backward, parity_errors, random_inputs, rel_err
 from conftest import DEVICE
 from st_adapter_fast.measure import saved_activation_bytes
 
