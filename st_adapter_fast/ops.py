@@ -109,6 +109,8 @@ def st_adapter(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_
     if autocast:
         params = tuple(p.to(compute_dtype) for p in params)
     if x.stride(-1) != 1:
+        _warn_once("st_adapter_fast: x's last dimension is not contiguous (stride != 1); the Triton path "
+                   "makes a contiguous copy of x first")
         x = x.contiguous()
     need_h = torch.is_grad_enabled() and any(t.requires_grad for t in (x,) + params)
     args = (x, *params, num_frames, num_prefix_tokens, activation_op_name(activation), need_h)
