@@ -6,11 +6,16 @@ import torch.nn.functional as F
 
 ACTIVATIONS = ("gelu", "quick_gelu", None)
 
+QUICK_GELU_ALPHA = 1.702          # quick_gelu(c) = c * sigmoid(1.702 c), as in CLIP
+INV_SQRT2 = 1.0 / math.sqrt(2.0)  # constants of the erf GELU and its derivative (Triton kernels)
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
 # Op schemas cannot carry None in a str argument; this is the spelling the ops use for "no activation".
 NO_ACTIVATION = "none"
 
 
 def check_activation(activation):
+    """`activation` if it is one of ACTIVATIONS, else a ValueError."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     return activation
@@ -31,7 +36,3 @@ def apply_activation(c, activation):
         return c * torch.sigmoid(QUICK_GELU_ALPHA * c)
     raise ValueError(f"unknown activation {activation!r}")
 
-
-QUICK_GELU_ALPHA = 1.702
-INV_SQRT2 = 1.0 / math.sqrt(2.0)
-INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
