@@ -29,6 +29,16 @@ def test_new_adapters_leave_the_backbone_unchanged(placement, model_kwargs):
     assert all(a.num_prefix_tokens == model.num_prefix_tokens for a in adapters)
 
 
+def test_clip_vit_by_name():
+    torch.manual_seed(0)
+    model = timm.create_model("vit_base_patch16_clip_224", pretrained=False, num_classes=0, **TINY).eval()
+    images = torch.randn(2, 3, 32, 32)
+    expected = model(images)
+    add_st_adapters(model, 384, placement=("attn", "mlp"), num_frames=2, activation=None)
+    assert torch.equal(model(images), expected)
+    assert saf.parameter_report(model).groups["adapters"][0] == 24 * 592_512
+
+
 def test_layers_argument():
     assert add_st_adapters(tiny_vit(), 16, layers=3).st_adapter_config["layers"] == [9, 10, 11]
     assert add_st_adapters(tiny_vit(), 16, layers=[0, -1]).st_adapter_config["layers"] == [0, 11]
