@@ -46,6 +46,10 @@ def test_layers_argument():
         add_st_adapters(tiny_vit(), 16, layers=[12])
     with pytest.raises(ValueError, match="placement"):
         add_st_adapters(tiny_vit(), 16, placement=("ffn",))
+    post_norm = tiny_vit(block_fn=timm.models.vision_transformer.ResPostBlock)
+    with pytest.raises(TypeError, match="pre-norm"):
+        add_st_adapters(post_norm, 16, placement=("mlp",))
+    assert all(p.requires_grad for p in post_norm.parameters())   # nothing changed before the error
 
 
 def classifier(seed=0, **kwargs):

@@ -48,10 +48,16 @@ def _attach_pre_attn(block, adapter, frames):
     return [block.register_forward_pre_hook(pre_hook, with_kwargs=True)]
 
 
+def _check_supports_pre_mlp(block):
+    from timm.models.vision_transformer import Block
+    # The hooks rely on Block's order x + drop_path2(ls2(mlp(norm2(x)))); post-norm or parallel blocks
+    # order their modules differently and would be adapted at the wrong place.
+    if not isinstance(block, Block):
+        raise TypeError(f"placement 'mlp' supports timm's pre-norm vision_transformer.Block, not "
+                        f"{type(block).__name__}; placement 'attn' works with any block")
+
+
 def _attach_pre_mlp(block, adapter, frames):
-    for name in ("norm2", "drop_path2"):
-        if not hasattr(block, name):
-            raise TypeError(f"placement 'mlp' needs a timm ViT block with `{name}`; {type(block).__name__} has none")
     block.st_adapter_mlp = adapter
     pending = []  # the delta of the current forward, from norm2's pre-hook to drop_path2's hook
 
@@ -93,6 +99,9 @@ def add_st_adapters(model, adapter_channels=384, kernel_size=(3, 1, 1), placemen
             raise TypeError(f"add_st_adapters expects a timm VisionTransformer; {type(model).__name__} has no `{attr}`")
     grid_size = tuple(model.patch_embed.grid_size)
     indices = _layer_indices(len(model.blocks), layers)
+    if "mlp" in placement:
+        for i in indices:
+            _check_supports_pre_mlp(model.blocks[i])
     frames = _Frames(num_frames)
     if freeze:
         model.requires_grad_(False)
