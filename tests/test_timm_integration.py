@@ -140,6 +140,20 @@ def test_low_precision_frozen_backbone():
     assert not torch.allclose(model(video), before)
 
 
+def test_deepcopy_and_pickle_give_independent_working_models():
+    import copy
+    import pickle
+    model = classifier()
+    video = torch.randn(2, 3, 2, 32, 32)
+    before = model(video).detach()
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert torch.equal(clone(video), before)
+        with torch.no_grad():       # change only the clone's adapter (its head stays identical)
+            clone.backbone.blocks[0].st_adapter_mlp.fc2.bias.fill_(1.0)
+        assert not torch.allclose(clone(video), before)    # the clone's hooks use the clone's adapters
+        assert torch.equal(model(video), before)
+
+
 def test_set_num_frames():
     model = add_st_adapters(tiny_vit(), 16, num_frames=2)
     set_num_frames(model, 4)

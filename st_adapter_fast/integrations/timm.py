@@ -25,7 +25,11 @@ class _Frames(threading.local):
     thread-local (each thread starts from the value given at add_st_adapters)."""
 
     def __init__(self, num_frames):
+        self.initial = num_frames
         self.num_frames = num_frames
+
+    def __reduce__(self):  # copies and pickles start again from the initial value
+        return _Frames, (self.initial,)
 
 
 def _layer_indices(num_blocks, layers):
@@ -40,12 +44,39 @@ def _layer_indices(num_blocks, layers):
     return sorted({int(i) % num_blocks for i in layers})
 
 
+# The hooks are objects, not closures, so that copy.deepcopy of an adapted model gives hooks that use
+# the copy's adapters and frame slot (deepcopy maps their attributes through its memo), and pickling works.
+
+class _PreAttnHook:
+    """Forward pre-hook of a block: its input x becomes adapter(x)."""
+
+    def __init__(self, frames):
+        self.frames = frames
+
+    def __call__(self, block, args, kwargs):
+        return (block.st_adapter_attn(args[0], self.frames.num_frames), *args[1:]), kwargs
+
+
+class _PreMlpHooks:
+    """Pre-hook of norm2 (feeds it x' = adapter(x), keeps d = x' - x) and hook of drop_path2 (adds d to
+    the MLP branch), so that the block returns x' + mlp(norm2(x'))."""
+
+    def __init__(self, block, frames):
+        self.block, self.frames, self.pending = block, frames, []
+
+    def before_norm2(self, norm2, args):
+        x = args[0]
+        adapted = self.block.st_adapter_mlp(x, self.frames.num_frames)
+        self.pending.append(adapted - x)
+        return (adapted, *args[1:])
+
+    def after_mlp_branch(self, drop_path2, args, output):
+        return output + self.pending.pop()
+
+
 def _attach_pre_attn(block, adapter, frames):
     block.st_adapter_attn = adapter
-
-    def pre_hook(module, args, kwargs):
-        return (module.st_adapter_attn(args[0], frames.num_frames), *args[1:]), kwargs
-    return [block.register_forward_pre_hook(pre_hook, with_kwargs=True)]
+    return [block.register_forward_pre_hook(_PreAttnHook(frames), with_kwargs=True)]
 
 
 def _check_supports_pre_mlp(block):
@@ -59,18 +90,9 @@ def _check_supports_pre_mlp(block):
 
 def _attach_pre_mlp(block, adapter, frames):
     block.st_adapter_mlp = adapter
-    pending = []  # the delta of the current forward, from norm2's pre-hook to drop_path2's hook
-
-    def before_norm2(module, args):
-        x = args[0]
-        adapted = block.st_adapter_mlp(x, frames.num_frames)
-        pending.append(adapted - x)
-        return (adapted, *args[1:])
-
-    def after_mlp_branch(module, args, output):
-        return output + pending.pop()
-    return [block.norm2.register_forward_pre_hook(before_norm2),
-            block.drop_path2.register_forward_hook(after_mlp_branch)]
+    hooks = _PreMlpHooks(block, frames)
+    return [block.norm2.register_forward_pre_hook(hooks.before_norm2),
+            block.drop_path2.register_forward_hook(hooks.after_mlp_branch)]
 
 
 def add_st_adapters(model, adapter_channels=384, kernel_size=(3, 1, 1), placement=("mlp",), layers=None, *,
