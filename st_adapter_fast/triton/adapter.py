@@ -85,8 +85,7 @@ def _augmented_activation_buffer(frames, num_tokens, num_prefix_tokens, adapter_
     """(frames, L, Ca + BIAS_COLUMNS): prefix rows zero, column Ca one on patch rows, padding zero.
     Columns :Ca of the patch rows are left for the conv kernel to write."""
     P, Ca = num_prefix_tokens, adapter_channels
-    buf = torch.empty((frames, num_tokens, Ca + BIAS_COLUMNS), device=like.device, dtype=like.dtype)
-    buf[:, :P].zero_()
+    buf = _zero_prefix_buffer(frames, num_tokens, P, Ca + BIAS_COLUMNS, like)
     buf[:, P:, Ca:].zero_()
     buf[:, P:, Ca] = 1
     return buf
