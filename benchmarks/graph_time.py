@@ -16,7 +16,7 @@ import triton.testing
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import st_adapter_fast as saf  # noqa: E402
 from st_adapter_fast.reference import st_adapter_reference  # noqa: E402
-from st_adapter_fast.benchmark import GPU_CONFIGS  # noqa: E402
+from st_adapter_fast.benchmark import GPU_CONFIGS, adapter_inputs  # noqa: E402
 
 
 def graphed(step):
@@ -43,10 +43,7 @@ def main():
     print(f"{'config':8s} {'impl':16s} {'mode':8s} {'launched ms':>12s} {'graph ms':>10s}")
     for config in args.config:
         clips, frames, tokens, channels, ca = GPU_CONFIGS[config]
-        x = torch.randn(clips * frames, tokens, channels, device="cuda", dtype=dtype, requires_grad=True)
-        params = [torch.randn(*s, device="cuda", dtype=dtype).mul_(0.1).requires_grad_() for s in
-                  [(ca, channels), (ca,), (ca, 1, 3, 1, 1), (ca,), (channels, ca), (channels,)]]
-        g = torch.randn_like(x)
+        x, params, g = adapter_inputs(clips, frames, tokens, channels, ca, "cuda", dtype)
         for name, fn in impls.items():
             def fwd():
                 with torch.no_grad():

@@ -13,7 +13,7 @@ import triton.testing
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import st_adapter_fast as saf  # noqa: E402
 from st_adapter_fast.triton import adapter as triton_adapter  # noqa: E402
-from st_adapter_fast.benchmark import GPU_CONFIGS  # noqa: E402
+from st_adapter_fast.benchmark import GPU_CONFIGS, adapter_inputs  # noqa: E402
 
 
 def main():
@@ -22,11 +22,7 @@ def main():
     parser.add_argument("--dtype", default="bfloat16")
     args = parser.parse_args()
     clips, frames, tokens, channels, ca = GPU_CONFIGS[args.config]
-    dtype = getattr(torch, args.dtype)
-    x = torch.randn(clips * frames, tokens, channels, device="cuda", dtype=dtype, requires_grad=True)
-    params = [torch.randn(*s, device="cuda", dtype=dtype).mul_(0.1).requires_grad_() for s in
-              [(ca, channels), (ca,), (ca, 1, 3, 1, 1), (ca,), (channels, ca), (channels,)]]
-    g = torch.randn_like(x)
+    x, params, g = adapter_inputs(clips, frames, tokens, channels, ca, "cuda", getattr(torch, args.dtype))
     bench = lambda fn: triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
 
     rows = x.detach().view(-1, channels)

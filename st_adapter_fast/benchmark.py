@@ -147,7 +147,8 @@ def device_slug(device_name):
     return "".join(c if c.isalnum() else "-" for c in device_name.lower()).strip("-")
 
 
-def _adapter_inputs(clips, frames, tokens, channels, adapter_channels, device, dtype):
+def adapter_inputs(clips, frames, tokens, channels, adapter_channels, device, dtype):
+    """Random x (requiring grad), the six parameters (requiring grad) and a grad_y for one benchmark config."""
     gen = torch.Generator(device).manual_seed(0)
     x = torch.randn(clips * frames, tokens, channels, device=device, dtype=dtype, generator=gen).requires_grad_()
     params = [(torch.randn(*shape, device=device, dtype=dtype, generator=gen) * scale).requires_grad_()
@@ -160,7 +161,7 @@ def _adapter_inputs(clips, frames, tokens, channels, adapter_channels, device, d
 def bench_config(config, shape, dtype, device, impls, time_ms, bandwidth, flop_rate):
     """Rows for every implementation and mode of one config; the first implementation is the baseline."""
     clips, frames, tokens, channels, adapter_channels = shape
-    x, params, grad_y = _adapter_inputs(*shape, device, dtype)
+    x, params, grad_y = adapter_inputs(*shape, device, dtype)
     rows = []
     for mode in ("fwd", "fwd+bwd"):
         floor = floor_ms(mode, clips * frames, tokens, channels, adapter_channels, x.element_size(),

@@ -20,7 +20,7 @@ SHAPE = (2, 4, 17, 64, 32)  # clips, frames, tokens, C, Ca
 @pytest.mark.parametrize("backend", [pytest.param("triton", marks=pytest.mark.triton), "reference"])
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 def test_adapter_speed(benchmark, backend, mode):
-    x, params, grad_y = bench._adapter_inputs(*SHAPE, DEVICE, torch.float32)
+    x, params, grad_y = bench.adapter_inputs(*SHAPE, DEVICE, torch.float32)
     fn = lambda x_, T, *p: saf.st_adapter(x_, T, *p, backend=backend)
     benchmark(lambda: bench.bench_case(backend, fn, mode, x, params, grad_y, SHAPE[1], lambda f: (f(), None)))
 
