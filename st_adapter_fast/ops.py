@@ -1,16 +1,20 @@
 """The ST-Adapter op: input checks, backend choice, and the registered ops with their autograd.
 
-`st_adapter(...)` is the one entry point. The Triton path is a pair of `torch.library.custom_op`s
-(`st_adapter_fast::adapter_fwd` / `adapter_bwd`) with fake implementations, so torch.compile sees
-them as opaque nodes with known output shapes and never breaks the graph on them. Eager calls run
-the same forward/backward through a plain autograd.Function, which skips the custom-op dispatch.
+`st_adapter(...)` is the one entry point. The kernel paths (Triton, and the compiled CPU/CUDA kernels
+of csrc/) share one forward/backward (fused.py) and one pair of `torch.library.custom_op`s
+(`st_adapter_fast::adapter_fwd` / `adapter_bwd`, with a `kernels` argument) with fake implementations,
+so torch.compile sees them as opaque nodes with known output shapes and never breaks the graph on
+them. Eager calls run the same forward/backward through a plain autograd.Function, which skips the
+custom-op dispatch.
 """
 import importlib.util
 import warnings
 
 import torch
 
+from . import compiled
 from .activations import activation_op_name, check_activation
+from .fused import adapter_backward, adapter_forward
 from .reference import st_adapter_reference
 from .validation import check_adapter_inputs
 
@@ -51,28 +55,42 @@ def _triton_unsupported_reason(x, compute_dtype, kernel_size):
     return None
 
 
+def _compiled_backend_for(x):
+    return "cuda" if x.is_cuda else "cpu"
+
+
 def choose_backend(backend, x, compute_dtype, kernel_size):
-    """Resolve `backend` to the path that runs ("triton" or "reference"), or raise why it cannot."""
+    """Resolve `backend` to the path that runs ("triton", "cuda", "cpu" or "reference"), or raise why it cannot.
+
+    "auto": on a GPU the Triton kernels, else the compiled CUDA kernels; on the CPU the compiled CPU
+    kernels; the reference (with a one-time warning) where none of those can run the call.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "reference":
         return "reference"
     if backend in ("cuda", "cpu"):
-        raise RuntimeError(
-            f"backend={backend!r} needs the compiled extension st_adapter_fast._C, which is not part of this "
-            "build; use backend='auto', 'triton' or 'reference'")
-    reason = _triton_unsupported_reason(x, compute_dtype, kernel_size)
+        reason = compiled.unavailable_reason(backend, x, compute_dtype, kernel_size)
+        if reason is not None:
+            error = RuntimeError if not compiled.extension_info()["available"] else ValueError
+            raise error(f"backend={backend!r} cannot run this input: {reason}")
+        return backend
     if backend == "triton":
+        reason = _triton_unsupported_reason(x, compute_dtype, kernel_size)
         if reason is not None:
             raise ValueError(f"backend='triton' cannot run this input: {reason}")
         return "triton"
-    # auto: the fused path wherever it applies on a GPU; on the CPU the reference is the fast path for now.
-    if not x.is_cuda:
-        return "reference"
-    if reason is not None:
-        _warn_once(f"st_adapter_fast: falling back to the (slower) reference path: {reason}")
-        return "reference"
-    return "triton"
+    reasons = []
+    if x.is_cuda:
+        reasons.append(_triton_unsupported_reason(x, compute_dtype, kernel_size))
+        if reasons[-1] is None:
+            return "triton"
+    compiled_backend = _compiled_backend_for(x)
+    reasons.append(compiled.unavailable_reason(compiled_backend, x, compute_dtype, kernel_size))
+    if reasons[-1] is None:
+        return compiled_backend
+    _warn_once("st_adapter_fast: falling back to the (slower) reference path: " + "; ".join(reasons))
+    return "reference"
 
 
 def st_adapter(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, *,
@@ -109,49 +127,58 @@ def st_adapter(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_
     if autocast:
         params = tuple(p.to(compute_dtype) for p in params)
     if x.stride(-1) != 1:
-        _warn_once("st_adapter_fast: x's last dimension is not contiguous (stride != 1); the Triton path "
+        _warn_once(f"st_adapter_fast: x's last dimension is not contiguous (stride != 1); the {path} path "
                    "makes a contiguous copy of x first")
         x = x.contiguous()
     need_h = torch.is_grad_enabled() and any(t.requires_grad for t in (x,) + params)
-    args = (x, *params, num_frames, num_prefix_tokens, activation_op_name(activation), need_h)
+    kernels = "triton" if path == "triton" else "compiled"
+    args = (x, *params, num_frames, num_prefix_tokens, activation_op_name(activation), need_h, kernels)
     if torch.compiler.is_compiling():
         return adapter_fwd(*args)[0]
-    return _EagerTritonAdapter.apply(*args)
+    return _EagerKernelAdapter.apply(*args)
 
 
 # ---------------------------------------------------------------------------------------------------
-# Registered ops (Triton path). Arguments arrive validated from st_adapter().
+# Registered ops (kernel paths). Arguments arrive validated from st_adapter().
+
+def _kernels(name):
+    """The fused.ConvKernels named `name`: "triton" or "compiled"."""
+    if name == "triton":
+        from .triton.adapter import TRITON_KERNELS
+        return TRITON_KERNELS
+    if name == "compiled":
+        return compiled.COMPILED_KERNELS
+    raise ValueError(f"unknown kernels {name!r}")
+
 
 def _forward_impl(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, num_frames,
-                  num_prefix_tokens, activation, need_h):
-    from .triton.adapter import adapter_forward
+                  num_prefix_tokens, activation, need_h, kernels):
     with torch.autocast(x.device.type, enabled=False):
-        return adapter_forward(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias,
-                               num_frames, num_prefix_tokens, activation, need_h)
+        return adapter_forward(_kernels(kernels), x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight,
+                               fc2_bias, num_frames, num_prefix_tokens, activation, need_h)
 
 
 def _backward_impl(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight, num_frames, num_prefix_tokens,
-                   activation):
-    from .triton.adapter import adapter_backward
+                   activation, kernels):
     with torch.autocast(x.device.type, enabled=False):
-        return adapter_backward(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight,
+        return adapter_backward(_kernels(kernels), grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight,
                                 num_frames, num_prefix_tokens, activation)
 
 
 @torch.library.custom_op("st_adapter_fast::adapter_fwd", mutates_args=())
 def adapter_fwd(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, conv_weight: torch.Tensor,
                 conv_bias: torch.Tensor, fc2_weight: torch.Tensor, fc2_bias: torch.Tensor, num_frames: int,
-                num_prefix_tokens: int, activation: str, need_h: bool) -> tuple[torch.Tensor, torch.Tensor,
-                                                                               torch.Tensor]:
+                num_prefix_tokens: int, activation: str, need_h: bool, kernels: str) -> tuple[
+                    torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, h, x_low): the adapter output and, for backward when need_h, fc1's output (B*T, L, Ca) and x in
     the compute dtype when that differs from x's (else empty tensors)."""
     return _forward_impl(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, num_frames,
-                         num_prefix_tokens, activation, need_h)
+                         num_prefix_tokens, activation, need_h, kernels)
 
 
 @adapter_fwd.register_fake
 def _(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, num_frames, num_prefix_tokens,
-      activation, need_h):
+      activation, need_h, kernels):
     frames, num_tokens, _ = x.shape
     dtype = fc1_weight.dtype
     h_shape = (frames, num_tokens, fc1_weight.shape[0]) if need_h else (0, 1, 1)
@@ -163,34 +190,35 @@ def _(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, num
 @torch.library.custom_op("st_adapter_fast::adapter_bwd", mutates_args=())
 def adapter_bwd(grad_y: torch.Tensor, x: torch.Tensor, h: torch.Tensor, fc1_weight: torch.Tensor,
                 conv_weight: torch.Tensor, conv_bias: torch.Tensor, fc2_weight: torch.Tensor, num_frames: int,
-                num_prefix_tokens: int, activation: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                  torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                  torch.Tensor]:
+                num_prefix_tokens: int, activation: str, kernels: str) -> tuple[
+                    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of adapter_fwd's y w.r.t. (x, fc1.weight, fc1.bias, conv.weight, conv.bias, fc2.weight, fc2.bias)."""
     return _backward_impl(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight, num_frames,
-                          num_prefix_tokens, activation)
+                          num_prefix_tokens, activation, kernels)
 
 
 @adapter_bwd.register_fake
-def _(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight, num_frames, num_prefix_tokens, activation):
+def _(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight, num_frames, num_prefix_tokens, activation,
+      kernels):
     ca, c = fc1_weight.shape
     new = lambda *shape: fc1_weight.new_empty(shape)
     return (torch.empty_like(grad_y), new(ca, c), new(ca), torch.empty_like(conv_weight), new(ca), new(c, ca), new(c))
 
 
 def _save_for_backward(ctx, inputs, h, x_low):
-    x, fc1_weight, _, conv_weight, conv_bias, fc2_weight, _, num_frames, num_prefix_tokens, activation, need_h = inputs
+    (x, fc1_weight, _, conv_weight, conv_bias, fc2_weight, _, num_frames, num_prefix_tokens, activation, need_h,
+     kernels) = inputs
     if need_h:
         # x (in the compute dtype, as fc1's weight gradient uses it) and h are all that is kept;
         # the conv and the activation are recomputed from h.
         ctx.save_for_backward(x_low if x_low.numel() else x, h, fc1_weight, conv_weight, conv_bias, fc2_weight)
-        ctx.config = (num_frames, num_prefix_tokens, activation)
+        ctx.config = (num_frames, num_prefix_tokens, activation, kernels)
 
 
 def _gradients(ctx, grad_y, backward_fn):
     if not ctx.saved_tensors:
         raise RuntimeError("st_adapter_fast: backward through an adapter call made without gradients enabled")
-    return (*backward_fn(grad_y, *ctx.saved_tensors, *ctx.config), None, None, None, None)
+    return (*backward_fn(grad_y, *ctx.saved_tensors, *ctx.config), None, None, None, None, None)
 
 
 def _setup_context(ctx, inputs, output):
@@ -203,7 +231,7 @@ adapter_fwd.register_autograd(lambda ctx, grad_y, _grad_h, _grad_x_low: _gradien
                               setup_context=_setup_context)
 
 
-class _EagerTritonAdapter(torch.autograd.Function):
+class _EagerKernelAdapter(torch.autograd.Function):
     """The registered ops' forward and backward without the custom-op dispatch, which costs several
     hundred microseconds of host time per training step; st_adapter() uses it outside torch.compile."""
 

@@ -20,6 +20,7 @@ _triton_outcomes = {"passed": 0, "failed": 0, "skipped": 0}
 def pytest_configure(config):
     config.addinivalue_line("markers", "triton: runs the Triton kernels (natively on a GPU, else interpreted)")
     config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped without one")
+    config.addinivalue_line("markers", "compiled: runs the compiled kernels of csrc/ (the extension must be built)")
 
 
 def pytest_collection_modifyitems(config, items):

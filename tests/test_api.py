@@ -54,9 +54,28 @@ def test_bad_input_raises_clear_error(kwargs, error, match):
 
 
 @pytest.mark.parametrize("backend", ["cuda", "cpu"])
-def test_unbuilt_backends_say_so(backend):
+def test_compiled_backends_without_the_extension_say_so(backend, monkeypatch):
+    monkeypatch.setattr(saf.compiled, "_load", lambda: (None, "the compiled extension st_adapter_fast._C is not "
+                                                                "available (test)"))
     with pytest.raises(RuntimeError, match="compiled extension"):
         call(backend=backend)
+
+
+def test_compiled_backends_reject_what_they_cannot_run():
+    x, params = random_inputs(2, 2, 5, 8, 4, (3, 3, 3))
+    with pytest.raises(ValueError, match="kernel_size"):
+        saf.st_adapter(x, 2, *params, backend="cpu")
+    x, params = random_inputs(2, 2, 5, 8, 4, (3, 1, 1))
+    with pytest.raises(ValueError, match="runs on cuda tensors"):
+        saf.st_adapter(x, 2, *params, backend="cuda")
+
+
+def test_auto_without_the_extension_falls_back_to_reference_with_one_warning(monkeypatch):
+    monkeypatch.setattr(saf.compiled, "_load", lambda: (None, "the compiled extension is not available (test)"))
+    monkeypatch.setattr(ops, "_warned", set())
+    x, params = random_inputs(2, 2, 5, 8, 4, (3, 1, 1))
+    with pytest.warns(UserWarning, match="compiled extension is not available"):
+        assert ops.choose_backend("auto", x, torch.float32, (3, 1, 1)) == "reference"
 
 
 def test_triton_backend_rejects_what_it_cannot_run():
@@ -68,11 +87,11 @@ def test_triton_backend_rejects_what_it_cannot_run():
         saf.st_adapter(x, 2, *params, backend="triton")   # float64
 
 
-def test_auto_on_cpu_uses_reference_without_warning():
+def test_auto_on_cpu_uses_the_compiled_cpu_kernels_without_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         x, params = random_inputs(2, 2, 5, 8, 4, (3, 1, 1))
-        assert ops.choose_backend("auto", x, torch.float32, (3, 1, 1)) == "reference"
+        assert ops.choose_backend("auto", x, torch.float32, (3, 1, 1)) == "cpu"
 
 
 def test_auto_falls_back_with_one_warning_when_fused_path_cannot_run(monkeypatch):

@@ -18,7 +18,8 @@ class TinyVideoBlock(nn.Module):
         return self.proj(self.adapter(self.norm(x), 3))
 
 
-@pytest.mark.parametrize("backend", [pytest.param("triton", marks=pytest.mark.triton), "reference"])
+@pytest.mark.parametrize("backend", [pytest.param("triton", marks=pytest.mark.triton), "reference",
+                                     pytest.param("auto", marks=pytest.mark.compiled)])
 def test_compile_fullgraph_matches_eager(backend, tmp_path, monkeypatch):
     # A fresh inductor cache: cached graphs do not see changes to the ops' fake implementations.
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))

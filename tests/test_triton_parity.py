@@ -8,29 +8,13 @@ import torch
 import st_adapter_fast as saf
 from st_adapter_fast.parity import TOLERANCE, forward_backward, parity_errors, random_inputs, rel_err
 from conftest import DEVICE
+from parity_checks import C, CA, check_parity
 from st_adapter_fast.measure import saved_activation_bytes
 
 pytestmark = pytest.mark.triton
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 ACTIVATIONS = ("gelu", "quick_gelu", None)
-# C and Ca not powers of two; 12 patches (3 x 4 grid) is not a multiple of the token block.
-C, CA = 72, 40
-
-
-def check_parity(batch, frames, kernel_t, activation, dtype, *, prefix=1, grid=(3, 4), channels=C,
-                 adapter_channels=CA, seed=0):
-    errors, y, grads, x, grad_y = parity_errors(
-        "triton", dtype, batch=batch, frames=frames, grid=grid, channels=channels,
-        adapter_channels=adapter_channels, kernel_size=(kernel_t, 1, 1), prefix=prefix, activation=activation,
-        device=DEVICE, seed=seed)
-    assert y.dtype == dtype and y.shape == x.shape
-    bad = {k: v for k, v in errors.items() if not v <= TOLERANCE[dtype]}
-    assert not bad, f"relative errors above {TOLERANCE[dtype]:g} for {dtype}: {bad}"
-    # Prefix tokens pass through bit-exactly, and their gradient is grad_y's.
-    assert torch.equal(y[:, :prefix], x[:, :prefix].to(dtype))
-    assert torch.equal(grads[0][:, :prefix], grad_y[:, :prefix].to(dtype))
-    return errors
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -145,10 +129,10 @@ def test_saved_bytes_at_most_half_of_reference():
 def test_opcheck():
     x, params = random_inputs(2, 3, 13, C, CA, (3, 1, 1), device=DEVICE)
     x, params = x.float().requires_grad_(), [p.float().requires_grad_() for p in params]
-    torch.library.opcheck(saf.ops.adapter_fwd, (x, *params, 3, 1, "gelu", True))
+    torch.library.opcheck(saf.ops.adapter_fwd, (x, *params, 3, 1, "gelu", True, "triton"))
     low = [p.detach().to(torch.float16).requires_grad_() for p in params]
-    torch.library.opcheck(saf.ops.adapter_fwd, (x, *low, 3, 1, "gelu", True))    # autocast-style mixed dtypes
-    torch.library.opcheck(saf.ops.adapter_fwd, (x.detach(), *[p.detach() for p in params], 3, 1, "none", False))
+    torch.library.opcheck(saf.ops.adapter_fwd, (x, *low, 3, 1, "gelu", True, "triton"))    # autocast-style mixed dtypes
+    torch.library.opcheck(saf.ops.adapter_fwd, (x.detach(), *[p.detach() for p in params], 3, 1, "none", False, "triton"))
 
 
 @pytest.mark.parametrize("autocast", [False, True])

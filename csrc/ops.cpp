@@ -1,0 +1,201 @@
+// Op registration (TORCH_LIBRARY, namespace st_adapter_fast) with CPU, CUDA and Meta implementations,
+// and the argument checks every implementation shares.
+#include "temporal_conv.h"
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+namespace st_adapter_fast {
+
+Activation parse_activation(c10::string_view name) {
+  if (name == "none") return Activation::kNone;
+  if (name == "gelu") return Activation::kGelu;
+  if (name == "quick_gelu") return Activation::kQuickGelu;
+  TORCH_CHECK(false, "st_adapter_fast: activation must be 'none', 'gelu' or 'quick_gelu', got '", name, "'");
+}
+
+ConvShape check_conv_inputs(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
+                            int64_t num_frames, const char* op) {
+  TORCH_CHECK(h.dim() == 3, op, ": h must be (frames, tokens, channels), got ", h.sizes());
+  TORCH_CHECK(h.stride(2) == 1 || h.size(2) <= 1, op, ": h's channel stride must be 1, got ", h.strides());
+  TORCH_CHECK(weight.dim() == 2, op, ": weight must be (channels, kt), got ", weight.sizes());
+  const int64_t channels = h.size(2), kernel_t = weight.size(1);
+  TORCH_CHECK(weight.size(0) == channels, op, ": weight has ", weight.size(0), " channels, h has ", channels);
+  TORCH_CHECK(kernel_t % 2 == 1 && kernel_t <= kMaxKernelT, op, ": kt must be odd and <= ", kMaxKernelT,
+              ", got ", kernel_t);
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == channels, op, ": bias must be (", channels, "), got ",
+              bias.sizes());
+  TORCH_CHECK(weight.scalar_type() == h.scalar_type() && bias.scalar_type() == h.scalar_type(), op,
+              ": h, weight and bias must have one dtype, got ", h.scalar_type(), ", ", weight.scalar_type(),
+              ", ", bias.scalar_type());
+  TORCH_CHECK(weight.device() == h.device() && bias.device() == h.device(), op,
+              ": h, weight and bias must be on one device");
+  TORCH_CHECK(num_frames > 0 && h.size(0) % num_frames == 0, op, ": num_frames=", num_frames,
+              " must be positive and divide the frame count ", h.size(0));
+  return {h.size(0), h.size(1), channels, kernel_t, num_frames, h.size(0) / num_frames};
+}
+
+void check_like_h(const at::Tensor& t, const at::Tensor& h, const char* name, const char* op) {
+  TORCH_CHECK(t.sizes() == h.sizes(), op, ": ", name, " must have h's shape ", h.sizes(), ", got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == h.scalar_type(), op, ": ", name, " must have h's dtype ", h.scalar_type(),
+              ", got ", t.scalar_type());
+  TORCH_CHECK(t.device() == h.device(), op, ": ", name, " must be on h's device");
+  TORCH_CHECK(t.stride(2) == 1 || t.size(2) <= 1, op, ": ", name, "'s channel stride must be 1, got ", t.strides());
+}
+
+namespace {
+
+void run_forward(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
+                 const ConvShape& shape, Activation act) {
+  if (h.numel() == 0) return;
+  const at::Tensor w = weight.contiguous(), b = bias.contiguous();
+  if (h.is_cuda()) {
+#ifdef ST_ADAPTER_FAST_WITH_CUDA
+    conv_act_forward_cuda(h, w, b, out, shape, act);
+    return;
+#else
+    TORCH_CHECK(false, "st_adapter_fast: this build of the extension has no CUDA kernels");
+#endif
+  }
+  TORCH_CHECK(h.is_cpu(), "st_adapter_fast: no kernel for device ", h.device());
+  conv_act_forward_cpu(h, w, b, out, shape, act);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> split_reductions(const at::Tensor& sums, const at::Tensor& weight) {
+  const int64_t kt = weight.size(1);
+  const auto dtype = weight.scalar_type();
+  // Copies (copy=true), never views of `sums`: op outputs must not alias each other.
+  return {sums.narrow(0, 0, kt).t().to(dtype, false, true).contiguous(), sums[kt].to(dtype, false, true),
+          sums[kt + 1].to(dtype, false, true)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> reductions_meta(const at::Tensor& weight) {
+  return {at::empty_like(weight, at::MemoryFormat::Contiguous), weight.new_empty({weight.size(0)}),
+          weight.new_empty({weight.size(0)})};
+}
+
+}  // namespace
+
+void temporal_conv_act_out(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
+                           int64_t num_frames, c10::string_view activation, const at::Tensor& out) {
+  const char* op = "st_adapter_fast::temporal_conv_act_out";
+  const ConvShape shape = check_conv_inputs(h, weight, bias, num_frames, op);
+  check_like_h(out, h, "out", op);
+  run_forward(h, weight, bias, out, shape, parse_activation(activation));
+}
+
+at::Tensor temporal_conv_act(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
+                             int64_t num_frames, c10::string_view activation) {
+  const ConvShape shape = check_conv_inputs(h, weight, bias, num_frames, "st_adapter_fast::temporal_conv_act");
+  at::Tensor out = at::empty(h.sizes(), h.options());
+  run_forward(h, weight, bias, out, shape, parse_activation(activation));
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_conv_act_backward_out(
+    const at::Tensor& grad_a, const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
+    int64_t num_frames, c10::string_view activation, const at::Tensor& grad_h, const at::Tensor& a) {
+  const char* op = "st_adapter_fast::temporal_conv_act_backward_out";
+  const ConvShape shape = check_conv_inputs(h, weight, bias, num_frames, op);
+  check_like_h(grad_a, h, "grad_a", op);
+  check_like_h(grad_h, h, "grad_h", op);
+  check_like_h(a, h, "a", op);
+  const Activation act = parse_activation(activation);
+  const at::Tensor w = weight.contiguous(), b = bias.contiguous();
+  at::Tensor sums;
+  if (h.numel() == 0) {
+    sums = at::zeros({shape.kernel_t + 2, shape.channels}, weight.options().dtype(at::toOpMathType(h.scalar_type())));
+  } else if (h.is_cuda()) {
+#ifdef ST_ADAPTER_FAST_WITH_CUDA
+    sums = conv_act_backward_cuda(grad_a, h, w, b, grad_h, a, shape, act);
+#else
+    TORCH_CHECK(false, "st_adapter_fast: this build of the extension has no CUDA kernels");
+#endif
+  } else {
+    TORCH_CHECK(h.is_cpu(), "st_adapter_fast: no kernel for device ", h.device());
+    sums = conv_act_backward_cpu(grad_a, h, w, b, grad_h, a, shape, act);
+  }
+  return split_reductions(sums, weight);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> temporal_conv_act_backward(
+    const at::Tensor& grad_a, const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
+    int64_t num_frames, c10::string_view activation) {
+  at::Tensor grad_h = at::empty(h.sizes(), h.options()), a = at::empty(h.sizes(), h.options());
+  auto [grad_weight, grad_bias, grad_h_sum] =
+      temporal_conv_act_backward_out(grad_a, h, weight, bias, num_frames, activation, grad_h, a);
+  return {grad_h, a, grad_weight, grad_bias, grad_h_sum};
+}
+
+// ---- Meta: shapes and dtypes only, for torch.compile and fake tensors ----
+namespace {
+
+at::Tensor temporal_conv_act_meta(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
+                                  int64_t num_frames, c10::string_view activation) {
+  check_conv_inputs(h, weight, bias, num_frames, "st_adapter_fast::temporal_conv_act");
+  parse_activation(activation);
+  return at::empty(h.sizes(), h.options());
+}
+
+void temporal_conv_act_out_meta(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
+                                int64_t num_frames, c10::string_view activation, const at::Tensor& out) {
+  check_conv_inputs(h, weight, bias, num_frames, "st_adapter_fast::temporal_conv_act_out");
+  check_like_h(out, h, "out", "st_adapter_fast::temporal_conv_act_out");
+  parse_activation(activation);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_conv_act_backward_out_meta(
+    const at::Tensor& grad_a, const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
+    int64_t num_frames, c10::string_view activation, const at::Tensor& grad_h, const at::Tensor& a) {
+  const char* op = "st_adapter_fast::temporal_conv_act_backward_out";
+  check_conv_inputs(h, weight, bias, num_frames, op);
+  check_like_h(grad_a, h, "grad_a", op);
+  check_like_h(grad_h, h, "grad_h", op);
+  check_like_h(a, h, "a", op);
+  parse_activation(activation);
+  return reductions_meta(weight);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> temporal_conv_act_backward_meta(
+    const at::Tensor& grad_a, const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
+    int64_t num_frames, c10::string_view activation) {
+  check_conv_inputs(h, weight, bias, num_frames, "st_adapter_fast::temporal_conv_act_backward");
+  check_like_h(grad_a, h, "grad_a", "st_adapter_fast::temporal_conv_act_backward");
+  parse_activation(activation);
+  auto [grad_weight, grad_bias, grad_h_sum] = reductions_meta(weight);
+  return {at::empty(h.sizes(), h.options()), at::empty(h.sizes(), h.options()), grad_weight, grad_bias, grad_h_sum};
+}
+
+}  // namespace
+}  // namespace st_adapter_fast
+
+TORCH_LIBRARY(st_adapter_fast, m) {
+  m.def("temporal_conv_act(Tensor h, Tensor weight, Tensor bias, int num_frames, str activation) -> Tensor");
+  m.def("temporal_conv_act_out(Tensor h, Tensor weight, Tensor bias, int num_frames, str activation, "
+        "Tensor(a!) out) -> ()");
+  m.def("temporal_conv_act_backward(Tensor grad_a, Tensor h, Tensor weight, Tensor bias, int num_frames, "
+        "str activation) -> (Tensor grad_h, Tensor a, Tensor grad_weight, Tensor grad_bias, Tensor grad_h_sum)");
+  m.def("temporal_conv_act_backward_out(Tensor grad_a, Tensor h, Tensor weight, Tensor bias, int num_frames, "
+        "str activation, Tensor(a!) grad_h, Tensor(b!) a) -> (Tensor grad_weight, Tensor grad_bias, "
+        "Tensor grad_h_sum)");
+}
+
+#define SAF_REGISTER_DEVICE_IMPLS(m)                                              \
+  m.impl("temporal_conv_act", &st_adapter_fast::temporal_conv_act);               \
+  m.impl("temporal_conv_act_out", &st_adapter_fast::temporal_conv_act_out);       \
+  m.impl("temporal_conv_act_backward", &st_adapter_fast::temporal_conv_act_backward); \
+  m.impl("temporal_conv_act_backward_out", &st_adapter_fast::temporal_conv_act_backward_out)
+
+TORCH_LIBRARY_IMPL(st_adapter_fast, CPU, m) { SAF_REGISTER_DEVICE_IMPLS(m); }
+
+#ifdef ST_ADAPTER_FAST_WITH_CUDA
+TORCH_LIBRARY_IMPL(st_adapter_fast, CUDA, m) { SAF_REGISTER_DEVICE_IMPLS(m); }
+#endif
+
+TORCH_LIBRARY_IMPL(st_adapter_fast, Meta, m) {
+  m.impl("temporal_conv_act", &st_adapter_fast::temporal_conv_act_meta);
+  m.impl("temporal_conv_act_out", &st_adapter_fast::temporal_conv_act_out_meta);
+  m.impl("temporal_conv_act_backward", &st_adapter_fast::temporal_conv_act_backward_meta);
+  m.impl("temporal_conv_act_backward_out", &st_adapter_fast::temporal_conv_act_backward_out_meta);
+}

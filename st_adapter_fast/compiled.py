@@ -1,0 +1,70 @@
+"""The compiled kernels (st_adapter_fast._C, built from csrc/) as a `fused.ConvKernels` backend.
+
+Importing `_C` registers torch.ops.st_adapter_fast.temporal_conv_act[_out] and
+temporal_conv_act_backward[_out] (CPU, CUDA when built with it, and Meta). The package works without
+the extension: `unavailable_reason()` says why a backend cannot run, and ops.py falls back or raises.
+"""
+import functools
+
+import torch
+
+from .fused import ConvKernels
+
+CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+CUDA_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+MAX_KERNEL_T = 7
+
+
+@functools.lru_cache(maxsize=None)
+def _load():
+    """(module, None) or (None, why it could not be imported)."""
+    try:
+        from . import _C
+    except ImportError as error:
+        return None, (f"the compiled extension st_adapter_fast._C is not available ({error}); reinstall with "
+                      "`pip install --no-build-isolation -e .` (without ST_ADAPTER_FAST_NO_EXTENSION=1)")
+    return _C, None
+
+
+def extension_info():
+    """{'available': bool, 'with_cuda': bool, 'error': str or None}: how the extension was built, if at all."""
+    module, error = _load()
+    return {"available": module is not None, "with_cuda": bool(module and module.with_cuda), "error": error}
+
+
+def unavailable_reason(backend, x, compute_dtype, kernel_size):
+    """Why the compiled `backend` ("cpu" or "cuda") cannot run this call, or None if it can."""
+    module, error = _load()
+    if module is None:
+        return error
+    if backend == "cuda" and not module.with_cuda:
+        return "this build of st_adapter_fast._C has no CUDA kernels (no CUDA toolkit was found when it was built)"
+    if x.device.type != backend:
+        return f"backend={backend!r} runs on {backend} tensors, x is on {x.device}"
+    dtypes = CPU_DTYPES if backend == "cpu" else CUDA_DTYPES
+    if compute_dtype not in dtypes:
+        return f"dtype {compute_dtype} is not supported by the compiled kernels ({', '.join(map(str, dtypes))} are)"
+    kt, kh, kw = kernel_size
+    if (kh, kw) != (1, 1) or kt > MAX_KERNEL_T:
+        return (f"kernel_size {tuple(kernel_size)} is not temporal (kt, 1, 1) with kt <= {MAX_KERNEL_T}, "
+                "which is what the compiled kernels cover")
+    return None
+
+
+class CompiledKernels(ConvKernels):
+    """The conv + activation kernels of csrc/ (CPU or CUDA by the tensors' device); GEMMs stay in torch."""
+    name = "compiled"
+    fused_gemm = False
+
+    def conv_act_forward(self, *, h, a, conv_weight, conv_bias, num_frames, activation, **_):
+        torch.ops.st_adapter_fast.temporal_conv_act_out(h, conv_weight, conv_bias, num_frames, activation, a)
+
+    def conv_act_backward(self, *, g_patch, h, conv_weight, conv_bias, a, grad_h, num_frames, activation, **_):
+        return torch.ops.st_adapter_fast.temporal_conv_act_backward_out(g_patch, h, conv_weight, conv_bias,
+                                                                        num_frames, activation, grad_h, a)
+
+    def matmul_residual(self, a, b, residual, out):
+        return torch.add(residual, a @ b, out=out)
+
+
+COMPILED_KERNELS = CompiledKernels()

@@ -1,0 +1,135 @@
+"""The adapter's forward and backward around a fused conv + activation kernel, for every kernel backend.
+
+The Ca-wide GEMMs run in cuBLAS/MKL (torch), the temporal conv + activation (and, backward, its
+gradients) in one kernel pass in the token layout. A backend supplies that kernel as a `ConvKernels`:
+the Triton one (triton/adapter.py) or the compiled one (compiled.py).
+
+Tensors come in validated (ops.py); the compute dtype is the parameters' dtype, `x` may differ (autocast).
+"""
+import torch
+
+# The up-projection's input `a` carries BIAS_COLUMNS extra columns: a 1 on patch rows (0 on prefix rows)
+# that meets fc2.bias in the augmented weight, and zero padding that keeps rows 16-byte aligned. Then
+# y = x + a_aug @ W2_aug^T is one GEMM that leaves the prefix rows exactly x, and the bias gradient falls
+# out of the weight gradient's extra column.
+BIAS_COLUMNS = 8
+
+
+class ConvKernels:
+    """What a kernel backend provides. Tensors of shape (frames, N, Ca) are views with channel stride 1.
+
+    - conv_act_forward(x_patch, fc1_weight, fc1_bias, conv_weight, conv_bias, h, a, num_frames, activation,
+      store_h): writes a = act(conv(h) + conv_bias). With `fused_gemm`, h is computed inside from x_patch
+      and fc1 (and written only when store_h); otherwise it is read.
+    - conv_act_backward(g_patch, fc2_weight, h, conv_weight, conv_bias, a, grad_h, num_frames, activation):
+      writes grad_h and the recomputed a; returns the gradients of conv.weight (as (Ca, kt)), conv.bias
+      and fc1.bias in the compute dtype. g_patch is grad_a, or with `fused_gemm` grad_y (grad_a computed inside).
+    - matmul_residual(a, b, residual, out): out = residual + a @ b for the dtype mixes torch.addmm refuses.
+    conv_weight is (Ca, kt), contiguous.
+    """
+    name = "abstract"
+    fused_gemm = False
+
+
+def _zero_prefix_buffer(frames, num_tokens, num_prefix_tokens, channels, like):
+    """(frames, L, channels) buffer whose prefix rows are zero: GEMMs over all L rows then need no slicing."""
+    buf = torch.empty((frames, num_tokens, channels), device=like.device, dtype=like.dtype)
+    buf[:, :num_prefix_tokens].zero_()
+    return buf
+
+
+def _augmented_activation_buffer(frames, num_tokens, num_prefix_tokens, adapter_channels, like):
+    """(frames, L, Ca + BIAS_COLUMNS): prefix rows zero, column Ca one on patch rows, padding zero.
+    Columns :Ca of the patch rows are left for the conv kernel to write."""
+    P, Ca = num_prefix_tokens, adapter_channels
+    buf = _zero_prefix_buffer(frames, num_tokens, P, Ca + BIAS_COLUMNS, like)
+    buf[:, P:, Ca:].zero_()
+    buf[:, P:, Ca] = 1
+    return buf
+
+
+def _augmented_fc2_weight(fc2_weight, fc2_bias):
+    channels, Ca = fc2_weight.shape
+    w = fc2_weight.new_zeros((channels, Ca + BIAS_COLUMNS))
+    w[:, :Ca] = fc2_weight
+    w[:, Ca] = fc2_bias
+    return w
+
+
+def _rows(t):
+    """(frames, L, C) as a (frames * L, C) view, or None when its strides do not allow one without a copy."""
+    frames, num_tokens, channels = t.shape
+    if t.stride(2) == 1 and t.stride(1) == channels and t.stride(0) == num_tokens * channels:
+        return t.view(frames * num_tokens, channels)
+    return None
+
+
+def _add_matmul(kernels, residual, a_rows, weight_t, out_dtype):
+    """residual + a @ weight_t over all rows, as out_dtype: one torch.addmm where dtypes and strides allow,
+    else the backend's matmul_residual. Rows where `a` is zero (the prefix tokens) come out exactly as the
+    residual."""
+    frames, num_tokens, channels = residual.shape
+    residual_rows = _rows(residual)
+    if residual_rows is not None and residual.dtype == a_rows.dtype == out_dtype:
+        return torch.addmm(residual_rows, a_rows, weight_t).view(frames, num_tokens, channels)
+    out = torch.empty(residual.shape, device=residual.device, dtype=out_dtype)
+    return kernels.matmul_residual(a_rows.view(frames, num_tokens, -1), weight_t, residual, out)
+
+
+def adapter_forward(kernels, x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias,
+                    num_frames, num_prefix_tokens, activation, need_h):
+    """(y, h, x_low). When need_h (else empty tensors): h = fc1(x) of shape (frames, L, Ca), read on patch rows
+    only, and, if x's dtype is not the compute dtype (autocast), x_low = x in the compute dtype: what the
+    backward needs of x, at the size the reference keeps."""
+    frames, num_tokens, channels = x.shape
+    P = num_prefix_tokens
+    Ca = conv_weight.shape[0]
+    dtype = fc1_weight.dtype
+    # The GEMM for fc1 needs x in the compute dtype, and backward keeps that copy (a no-op when dtypes agree).
+    x_low = x.to(dtype) if (need_h or not kernels.fused_gemm) else x
+    a_aug = _augmented_activation_buffer(frames, num_tokens, P, Ca, fc1_weight)
+    a = a_aug[:, P:, :Ca]
+    # h keeps all L rows (prefix rows zero when fused) so that the op returns one fixed layout.
+    if kernels.fused_gemm:
+        h_full = _zero_prefix_buffer(frames, num_tokens, P, Ca, a) if need_h else a.new_empty((0, 1, 1))
+        h = h_full[:, P:] if need_h else a  # not written when not stored
+    else:  # all L rows through one GEMM: no slicing copy; the kernel reads the patch rows
+        h_full = torch.nn.functional.linear(x_low, fc1_weight, fc1_bias)
+        h = h_full[:, P:]
+    kernels.conv_act_forward(x_patch=x[:, P:], fc1_weight=fc1_weight, fc1_bias=fc1_bias,
+                             conv_weight=conv_weight.reshape(Ca, -1).contiguous(), conv_bias=conv_bias, h=h, a=a,
+                             num_frames=num_frames, activation=activation, store_h=need_h)
+    y = _add_matmul(kernels, x, a_aug.view(frames * num_tokens, Ca + BIAS_COLUMNS),
+                    _augmented_fc2_weight(fc2_weight, fc2_bias).t(), torch.promote_types(x.dtype, dtype))
+    empty = lambda: a.new_empty((0, 1, 1))  # distinct tensors: op outputs must not alias
+    return y, (h_full if need_h else empty()), (x_low if need_h and x.dtype != dtype else empty())
+
+
+def adapter_backward(kernels, grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight,
+                     num_frames, num_prefix_tokens, activation):
+    """Gradients (x, fc1.weight, fc1.bias, conv.weight, conv.bias, fc2.weight, fc2.bias); x may be the
+    forward's x_low, and the gradient of x comes in grad_y's dtype (autograd casts it to x's)."""
+    frames, num_tokens, channels = x.shape
+    P = num_prefix_tokens
+    Ca = conv_weight.shape[0]
+    dtype = fc1_weight.dtype
+    grad_y = grad_y if grad_y.stride(-1) == 1 else grad_y.contiguous()
+    rows_g = grad_y.reshape(-1, channels).to(dtype)
+
+    h = h[:, P:]
+    a_aug = _augmented_activation_buffer(frames, num_tokens, P, Ca, h)
+    grad_h = _zero_prefix_buffer(frames, num_tokens, P, Ca, h)
+    # Fused: the kernel reads g's patch rows; else it reads grad_a = g @ W2 from one GEMM.
+    g_patch = grad_y[:, P:] if kernels.fused_gemm else (rows_g @ fc2_weight).view(frames, num_tokens, Ca)[:, P:]
+    grad_conv_weight, grad_conv_bias, grad_fc1_bias = kernels.conv_act_backward(
+        g_patch=g_patch, fc2_weight=fc2_weight, h=h, conv_weight=conv_weight.reshape(Ca, -1).contiguous(),
+        conv_bias=conv_bias, a=a_aug[:, P:, :Ca], grad_h=grad_h[:, P:], num_frames=num_frames, activation=activation)
+
+    # Column Ca of a_aug is 1 on patch rows, so that column of the product is fc2.bias's gradient.
+    grad_fc2_aug = rows_g.t() @ a_aug.view(frames * num_tokens, Ca + BIAS_COLUMNS)
+    grad_fc2_weight, grad_fc2_bias = grad_fc2_aug[:, :Ca].contiguous(), grad_fc2_aug[:, Ca].contiguous()
+    grad_fc1_weight = grad_h.view(-1, Ca).t() @ x.reshape(-1, channels).to(dtype)
+    # Prefix rows of grad_h are zero, so over all L rows dx = g there, exactly.
+    grad_x = _add_matmul(kernels, grad_y, grad_h.view(-1, Ca), fc1_weight, grad_y.dtype)
+    return (grad_x, grad_fc1_weight, grad_fc1_bias, grad_conv_weight.reshape(conv_weight.shape), grad_conv_bias,
+            grad_fc2_weight, grad_fc2_bias)
