@@ -20,6 +20,13 @@ def _skip():
     return os.environ.get("ST_ADAPTER_FAST_NO_EXTENSION", "0") == "1"
 
 
+def _has_libmvec():
+    """glibc's vector math library (x86-64 Linux), which the CPU kernels' vectorised erf/exp call."""
+    import ctypes.util
+    import platform
+    return platform.system() == "Linux" and platform.machine() == "x86_64" and ctypes.util.find_library("mvec")
+
+
 def _extension_setup():
     """ext_modules and cmdclass for setup(), or a clear error when the build cannot happen."""
     try:
@@ -31,17 +38,20 @@ def _extension_setup():
                  "ST_ADAPTER_FAST_NO_EXTENSION=1 to install without the compiled kernels.")
     cuda_home = cpp_extension.CUDA_HOME
     with_cuda = cuda_home is not None and torch.version.cuda is not None
-    compile_args = {"cxx": ["-O3"]}
+    # -fno-math-errno lets GCC vectorise erf/exp calls (libmvec, see csrc/temporal_conv_cpu.cpp).
+    compile_args = {"cxx": ["-O3", "-fno-math-errno"]}
+    link_args = ["-lmvec"] if _has_libmvec() else []
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
         compile_args["cxx"].append("-DST_ADAPTER_FAST_WITH_CUDA")
         compile_args["nvcc"] = ["-O3", "-DST_ADAPTER_FAST_WITH_CUDA"]
         extension = cpp_extension.CUDAExtension("st_adapter_fast._C", SOURCES_CPU + SOURCES_CUDA,
-                                                extra_compile_args=compile_args)
+                                                extra_compile_args=compile_args, extra_link_args=link_args)
     else:
         print("st-adapter-fast: no CUDA toolkit found (CUDA_HOME or /usr/local/cuda) or torch without CUDA: "
               "building the CPU kernels only", file=sys.stderr)
-        extension = cpp_extension.CppExtension("st_adapter_fast._C", SOURCES_CPU, extra_compile_args=compile_args)
+        extension = cpp_extension.CppExtension("st_adapter_fast._C", SOURCES_CPU, extra_compile_args=compile_args,
+                                               extra_link_args=link_args)
     return [extension], {"build_ext": cpp_extension.BuildExtension}
 
 

@@ -1,5 +1,6 @@
 // CPU kernels: at::parallel_for over fixed blocks of (clip, tokens); channel loops innermost, contiguous,
-// written for the compiler to vectorise; accumulation in float (double for double inputs).
+// written for the compiler to vectorise; accumulation in float (double for double inputs). The activation
+// is a template parameter so that its loops have no branch and vectorise, erf and exp included (below).
 #include "temporal_conv.h"
 
 #include <ATen/Dispatch.h>
@@ -8,6 +9,14 @@
 #include <ATen/ops/zeros.h>
 
 #include <vector>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__) && defined(__x86_64__)
+// glibc's libmvec has vector versions of these (linked with -lmvec); its math.h declares them only under
+// -ffast-math, which we do not want, so the declarations are repeated. With them GCC vectorises the
+// activation loops instead of calling erff/expf once per element (3-4x faster GELU).
+extern "C" float erff(float) __attribute__((simd("notinbranch")));
+extern "C" float expf(float) __attribute__((simd("notinbranch")));
+#endif
 
 namespace st_adapter_fast {
 namespace {
@@ -60,9 +69,9 @@ void conv_at(const RowView<const scalar_t>& h, int64_t first_frame, int64_t toke
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, Activation act>
 void forward_kernel(const at::Tensor& h_t, const at::Tensor& weight, const at::Tensor& bias_t, const at::Tensor& out_t,
-                    const ConvShape& s, Activation act) {
+                    const ConvShape& s) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto taps = taps_by_offset<scalar_t, acc_t>(weight);
   const auto bias = to_acc<scalar_t, acc_t>(bias_t);
@@ -78,18 +87,19 @@ void forward_kernel(const at::Tensor& h_t, const at::Tensor& weight, const at::T
       for (int64_t n = token_begin; n < token_end; ++n) {
         for (int64_t t = 0; t < s.num_frames; ++t) {
           conv_at(h, first_frame, n, t, s, taps, bias, pre.data());
-          scalar_t* o = out.row(first_frame + t, n);
-          for (int64_t c = 0; c < s.channels; ++c) o[c] = scalar_t(activation_forward(pre[c], act));
+          scalar_t* __restrict o = out.row(first_frame + t, n);
+          const acc_t* __restrict p = pre.data();
+          for (int64_t c = 0; c < s.channels; ++c) o[c] = scalar_t(activation_forward(p[c], act));
         }
       }
     }
   });
 }
 
-template <typename scalar_t>
+template <typename scalar_t, Activation act>
 at::Tensor backward_kernel(const at::Tensor& grad_a_t, const at::Tensor& h_t, const at::Tensor& weight,
                            const at::Tensor& bias_t, const at::Tensor& grad_h_t, const at::Tensor& a_t,
-                           const ConvShape& s, Activation act) {
+                           const ConvShape& s) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto taps = taps_by_offset<scalar_t, acc_t>(weight);
   const auto bias = to_acc<scalar_t, acc_t>(bias_t);
@@ -114,15 +124,17 @@ at::Tensor backward_kernel(const at::Tensor& grad_a_t, const at::Tensor& h_t, co
         // Recompute the conv and activation; gradient through the activation; weight and bias gradients.
         for (int64_t t = 0; t < frames; ++t) {
           conv_at(h, first_frame, n, t, s, taps, bias, pre.data());
-          const scalar_t* ga = grad_a.row(first_frame + t, n);
-          scalar_t* ar = a.row(first_frame + t, n);
-          acc_t* gp = grad_pre.data() + t * channels;
+          const scalar_t* __restrict ga = grad_a.row(first_frame + t, n);
+          scalar_t* __restrict ar = a.row(first_frame + t, n);
+          acc_t* __restrict gp = grad_pre.data() + t * channels;
+          const acc_t* __restrict p = pre.data();
+          acc_t* __restrict gb = grad_bias;
           for (int64_t c = 0; c < channels; ++c) {
             acc_t value, slope;
-            activation_forward_and_grad(pre[c], act, value, slope);
+            activation_forward_and_grad(p[c], act, value, slope);
             ar[c] = scalar_t(value);
             gp[c] = acc_t(ga[c]) * slope;
-            grad_bias[c] += gp[c];
+            gb[c] += gp[c];
           }
           for (int64_t d = 0; d < kt; ++d) {
             const int64_t src = t + d - pad;
@@ -164,10 +176,22 @@ at::Tensor backward_kernel(const at::Tensor& grad_a_t, const at::Tensor& h_t, co
 
 }  // namespace
 
+// Calls fn(activation tag) with the runtime activation as a compile-time constant.
+template <typename Fn>
+void with_activation(Activation act, Fn&& fn) {
+  switch (act) {
+    case Activation::kNone: fn(std::integral_constant<Activation, Activation::kNone>{}); break;
+    case Activation::kGelu: fn(std::integral_constant<Activation, Activation::kGelu>{}); break;
+    case Activation::kQuickGelu: fn(std::integral_constant<Activation, Activation::kQuickGelu>{}); break;
+  }
+}
+
 void conv_act_forward_cpu(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
                           const at::Tensor& out, const ConvShape& shape, Activation act) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, h.scalar_type(), "temporal_conv_act_cpu", [&] {
-    forward_kernel<scalar_t>(h, weight, bias, out, shape, act);
+    with_activation(act, [&](auto act_tag) {
+      forward_kernel<scalar_t, decltype(act_tag)::value>(h, weight, bias, out, shape);
+    });
   });
 }
 
@@ -176,7 +200,9 @@ at::Tensor conv_act_backward_cpu(const at::Tensor& grad_a, const at::Tensor& h, 
                                  const ConvShape& shape, Activation act) {
   at::Tensor sums;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, h.scalar_type(), "temporal_conv_act_backward_cpu", [&] {
-    sums = backward_kernel<scalar_t>(grad_a, h, weight, bias, grad_h, a, shape, act);
+    with_activation(act, [&](auto act_tag) {
+      sums = backward_kernel<scalar_t, decltype(act_tag)::value>(grad_a, h, weight, bias, grad_h, a, shape);
+    });
   });
   return sums;
 }

@@ -6,7 +6,8 @@
 For each config, dtype and mode (fwd, fwd+bwd) it times, side by side in one process on the same inputs:
 the reference (authors' permute + Conv3d path) eager, eager with cuDNN off, under torch.compile, a
 shift-based pure PyTorch version (kt shifted multiply-adds in the token layout) eager and compiled, and
-the fused Triton path. Medians come from triton.testing.do_bench on a GPU, a repeat loop on the CPU.
+the fused Triton path and the compiled kernels (csrc/); and, as a practical floor, the adapter's two
+Linear layers and residual alone (no conv, no activation). Medians come from triton.testing.do_bench on a GPU, a repeat loop on the CPU.
 Next to each number: the floor, max(bytes that must move / measured copy bandwidth,
 flops / measured GEMM rate), and bytes saved for backward per adapter.
 """
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .activations import apply_activation
+from .compiled import extension_info
 from .measure import saved_activation_bytes
 from .ops import st_adapter
 from .reference import st_adapter_reference
@@ -68,7 +70,16 @@ def implementations(device):
     impls["shift compiled"] = torch.compile(shift_adapter)
     if device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         impls["triton"] = lambda x, T, *p: st_adapter(x, T, *p, backend="triton")
+    info = extension_info()
+    if info["available"] and (device == "cpu" or info["with_cuda"]):
+        impls[f"compiled {device}"] = lambda x, T, *p: st_adapter(x, T, *p, backend=device)
+    # Not an adapter: its two Linear layers and the residual alone, the GEMM-bound part every version does.
+    impls["linears only (no conv/act)"] = linears_only
     return impls
+
+
+def linears_only(x, num_frames, w1, b1, wc, bc, w2, b2):
+    return x + F.linear(F.linear(x, w1, b1), w2, b2)
 
 
 def timer(device, quick):

@@ -68,3 +68,4 @@ class CompiledKernels(ConvKernels):
 
 
 COMPILED_KERNELS = CompiledKernels()
+_load()  # registers torch.ops.st_adapter_fast.temporal_conv_act* on `import st_adapter_fast`, where built
