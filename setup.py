@@ -29,6 +29,8 @@ def _has_libmvec():
 
 def _extension_setup():
     """ext_modules and cmdclass for setup(), or a clear error when the build cannot happen."""
+    if "CUDA_HOME" not in os.environ and os.path.isdir("/usr/local/cuda"):
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"   # before torch guesses it from an nvcc wrapper on PATH
     try:
         import torch
         from torch.utils import cpp_extension

@@ -1,8 +1,8 @@
 """Test setup: the Triton kernels run natively on a GPU, under Triton's CPU interpreter elsewhere.
 
 TRITON_INTERPRET must be set before any kernel is decorated, so it is set here, before the package's
-Triton modules are imported. Tests marked `triton` must never be skipped: a skip would hide that the
-kernels went unchecked, so it fails the run, and the summary says how many ran and where.
+Triton modules are imported. Tests marked `triton` or `compiled` must never be skipped: a skip would
+hide that the kernels went unchecked, so it fails the run, and the summary says how many ran and where.
 """
 import os
 
@@ -14,7 +14,8 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-_triton_outcomes = {"passed": 0, "failed": 0, "skipped": 0}
+# Kernel tests that must run wherever the suite runs: outcomes counted per marker, skips fail the run.
+_outcomes = {marker: {"passed": 0, "failed": 0, "skipped": 0} for marker in ("triton", "compiled")}
 
 
 def pytest_configure(config):
@@ -31,24 +32,28 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_runtest_logreport(report):
-    if "triton" not in report.keywords:
-        return
-    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-        _triton_outcomes[report.outcome] += 1
+    for marker, counts in _outcomes.items():
+        if marker in report.keywords and (
+                report.when == "call" or (report.when == "setup" and report.outcome != "passed")):
+            counts[report.outcome] += 1
 
 
 def pytest_terminal_summary(terminalreporter):
-    mode = "natively on " + torch.cuda.get_device_name() if DEVICE == "cuda" else "under TRITON_INTERPRET=1 (CPU)"
-    terminalreporter.write_line(
-        f"Triton kernel tests {mode}: {_triton_outcomes['passed']} passed, {_triton_outcomes['failed']} failed, "
-        f"{_triton_outcomes['skipped']} skipped")
+    where = {"triton": "natively on " + torch.cuda.get_device_name() if DEVICE == "cuda"
+             else "under TRITON_INTERPRET=1 (CPU)",
+             "compiled": "on CPU and CUDA" if DEVICE == "cuda" else "on CPU (CUDA kernels compiled, not run)"}
+    for marker, counts in _outcomes.items():
+        terminalreporter.write_line(
+            f"{marker.capitalize()} kernel tests {where[marker]}: {counts['passed']} passed, {counts['failed']} "
+            f"failed, {counts['skipped']} skipped")
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if _triton_outcomes["skipped"] and session.exitstatus == 0:
+    skipped = {marker: counts["skipped"] for marker, counts in _outcomes.items() if counts["skipped"]}
+    if skipped and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        print(f"\n{_triton_outcomes['skipped']} Triton kernel test(s) were skipped: the kernels must be checked "
-              "(natively or under the interpreter), never silently skipped")
+        print(f"\nkernel tests were skipped ({skipped}): the kernels must be checked wherever the suite runs, "
+              "never silently skipped")
 
 
 @pytest.fixture
