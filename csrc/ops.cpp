@@ -12,36 +12,36 @@ Activation parse_activation(c10::string_view name) {
   if (name == "none") return Activation::kNone;
   if (name == "gelu") return Activation::kGelu;
   if (name == "quick_gelu") return Activation::kQuickGelu;
-  TORCH_CHECK(false, "st_adapter_fast: activation must be 'none', 'gelu' or 'quick_gelu', got '", name, "'");
+  SAF_CHECK(false, "st_adapter_fast: activation must be 'none', 'gelu' or 'quick_gelu', got '", name, "'");
 }
 
 ConvShape check_conv_inputs(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
                             int64_t num_frames, const char* op) {
-  TORCH_CHECK(h.dim() == 3, op, ": h must be (frames, tokens, channels), got ", h.sizes());
-  TORCH_CHECK(h.stride(2) == 1 || h.size(2) <= 1, op, ": h's channel stride must be 1, got ", h.strides());
-  TORCH_CHECK(weight.dim() == 2, op, ": weight must be (channels, kt), got ", weight.sizes());
+  SAF_CHECK(h.dim() == 3, op, ": h must be (frames, tokens, channels), got ", h.sizes());
+  SAF_CHECK(h.stride(2) == 1 || h.size(2) <= 1, op, ": h's channel stride must be 1, got ", h.strides());
+  SAF_CHECK(weight.dim() == 2, op, ": weight must be (channels, kt), got ", weight.sizes());
   const int64_t channels = h.size(2), kernel_t = weight.size(1);
-  TORCH_CHECK(weight.size(0) == channels, op, ": weight has ", weight.size(0), " channels, h has ", channels);
-  TORCH_CHECK(kernel_t % 2 == 1 && kernel_t <= kMaxKernelT, op, ": kt must be odd and <= ", kMaxKernelT,
+  SAF_CHECK(weight.size(0) == channels, op, ": weight has ", weight.size(0), " channels, h has ", channels);
+  SAF_CHECK(kernel_t % 2 == 1 && kernel_t <= kMaxKernelT, op, ": kt must be odd and <= ", kMaxKernelT,
               ", got ", kernel_t);
-  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == channels, op, ": bias must be (", channels, "), got ",
+  SAF_CHECK(bias.dim() == 1 && bias.size(0) == channels, op, ": bias must be (", channels, "), got ",
               bias.sizes());
-  TORCH_CHECK(weight.scalar_type() == h.scalar_type() && bias.scalar_type() == h.scalar_type(), op,
+  SAF_CHECK(weight.scalar_type() == h.scalar_type() && bias.scalar_type() == h.scalar_type(), op,
               ": h, weight and bias must have one dtype, got ", h.scalar_type(), ", ", weight.scalar_type(),
               ", ", bias.scalar_type());
-  TORCH_CHECK(weight.device() == h.device() && bias.device() == h.device(), op,
+  SAF_CHECK(weight.device() == h.device() && bias.device() == h.device(), op,
               ": h, weight and bias must be on one device");
-  TORCH_CHECK(num_frames > 0 && h.size(0) % num_frames == 0, op, ": num_frames=", num_frames,
+  SAF_CHECK(num_frames > 0 && h.size(0) % num_frames == 0, op, ": num_frames=", num_frames,
               " must be positive and divide the frame count ", h.size(0));
   return {h.size(0), h.size(1), channels, kernel_t, num_frames, h.size(0) / num_frames};
 }
 
 void check_like_h(const at::Tensor& t, const at::Tensor& h, const char* name, const char* op) {
-  TORCH_CHECK(t.sizes() == h.sizes(), op, ": ", name, " must have h's shape ", h.sizes(), ", got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == h.scalar_type(), op, ": ", name, " must have h's dtype ", h.scalar_type(),
+  SAF_CHECK(t.sizes() == h.sizes(), op, ": ", name, " must have h's shape ", h.sizes(), ", got ", t.sizes());
+  SAF_CHECK(t.scalar_type() == h.scalar_type(), op, ": ", name, " must have h's dtype ", h.scalar_type(),
               ", got ", t.scalar_type());
-  TORCH_CHECK(t.device() == h.device(), op, ": ", name, " must be on h's device");
-  TORCH_CHECK(t.stride(2) == 1 || t.size(2) <= 1, op, ": ", name, "'s channel stride must be 1, got ", t.strides());
+  SAF_CHECK(t.device() == h.device(), op, ": ", name, " must be on h's device");
+  SAF_CHECK(t.stride(2) == 1 || t.size(2) <= 1, op, ": ", name, "'s channel stride must be 1, got ", t.strides());
 }
 
 namespace {
@@ -55,10 +55,10 @@ void run_forward(const at::Tensor& h, const at::Tensor& weight, const at::Tensor
     conv_act_forward_cuda(h, w, b, out, shape, act);
     return;
 #else
-    TORCH_CHECK(false, "st_adapter_fast: this build of the extension has no CUDA kernels");
+    SAF_CHECK(false, "st_adapter_fast: this build of the extension has no CUDA kernels");
 #endif
   }
-  TORCH_CHECK(h.is_cpu(), "st_adapter_fast: no kernel for device ", h.device());
+  SAF_CHECK(h.is_cpu(), "st_adapter_fast: no kernel for device ", h.device());
   conv_act_forward_cpu(h, w, b, out, shape, act);
 }
 
@@ -110,10 +110,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_conv_act_backward_out(
 #ifdef ST_ADAPTER_FAST_WITH_CUDA
     sums = conv_act_backward_cuda(grad_a, h, w, b, grad_h, a, shape, act);
 #else
-    TORCH_CHECK(false, "st_adapter_fast: this build of the extension has no CUDA kernels");
+    SAF_CHECK(false, "st_adapter_fast: this build of the extension has no CUDA kernels");
 #endif
   } else {
-    TORCH_CHECK(h.is_cpu(), "st_adapter_fast: no kernel for device ", h.device());
+    SAF_CHECK(h.is_cpu(), "st_adapter_fast: no kernel for device ", h.device());
     sums = conv_act_backward_cpu(grad_a, h, w, b, grad_h, a, shape, act);
   }
   return split_reductions(sums, weight);

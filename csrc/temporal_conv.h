@@ -11,10 +11,40 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+#include <c10/util/Exception.h>
+
 #include <cmath>
+#include <string>
 #include <tuple>
 
 namespace st_adapter_fast {
+
+// Error messages are assembled here, numbers with std::to_string, and reach TORCH_CHECK as one string:
+// with torch 2.11 on the H100 machine (GCC 13 build), TORCH_CHECK formatting integer arguments through
+// c10::str crashed the process instead of raising.
+inline void append(std::string& out, const char* part) { out += part; }
+inline void append(std::string& out, const std::string& part) { out += part; }
+inline void append(std::string& out, c10::string_view part) { out.append(part.data(), part.size()); }
+inline void append(std::string& out, int64_t value) { out += std::to_string(value); }
+inline void append(std::string& out, int value) { out += std::to_string(value); }
+inline void append(std::string& out, at::IntArrayRef values) {
+  out += "[";
+  for (size_t i = 0; i < values.size(); ++i) out += (i ? ", " : "") + std::to_string(values[i]);
+  out += "]";
+}
+inline void append(std::string& out, c10::ScalarType dtype) { out += c10::toString(dtype); }
+inline void append(std::string& out, const c10::Device& device) { out += device.str(); }
+
+template <typename... Parts>
+std::string message(const Parts&... parts) {
+  std::string out;
+  (append(out, parts), ...);
+  return out;
+}
+
+#define SAF_CHECK(cond, ...) TORCH_CHECK(cond, ::st_adapter_fast::message(__VA_ARGS__))
 
 constexpr int64_t kMaxKernelT = 7;
 

@@ -251,7 +251,7 @@ LaunchShape launch_shape(const ConvShape& s, int vec) {
   const int bx = int(std::min<int64_t>(vectors, 64));
   const int by = std::max(1, kThreadsPerBlock / bx);
   const int64_t grid_x = (vectors + bx - 1) / bx, grid_y = (s.num_tokens + by - 1) / by;
-  TORCH_CHECK(s.clips <= 65535 && grid_y <= 65535, "st_adapter_fast: ", s.clips, " clips x ", s.num_tokens,
+  SAF_CHECK(s.clips <= 65535 && grid_y <= 65535, "st_adapter_fast: ", s.clips, " clips x ", s.num_tokens,
               " tokens exceed the CUDA kernels' grid limits (65535 clips)");
   return {dim3(unsigned(grid_x), unsigned(grid_y), unsigned(s.clips)), dim3(bx, by)};
 }
@@ -272,7 +272,7 @@ void with_kernel_params(int64_t kt, int vec, Fn&& fn) {
     case 3: with_kt(std::integral_constant<int, 3>{}); break;
     case 5: with_kt(std::integral_constant<int, 5>{}); break;
     case 7: with_kt(std::integral_constant<int, 7>{}); break;
-    default: TORCH_CHECK(false, "st_adapter_fast: kt must be 1, 3, 5 or 7, got ", kt);
+    default: SAF_CHECK(false, "st_adapter_fast: kt must be 1, 3, 5 or 7, got ", kt);
   }
 }
 

@@ -64,14 +64,23 @@ def _rows(t):
     return None
 
 
+# torch.addmm(..., out_dtype=torch.float32) on bf16/fp16 operands (torch >= 2.8, CUDA): the autocast case,
+# where the residual stream is fp32 and the adapter computes in low precision, in one cuBLAS call.
+_HAS_ADDMM_OUT_DTYPE = hasattr(torch.ops.aten.addmm, "dtype")
+
+
 def _add_matmul(kernels, residual, a_rows, weight_t, out_dtype):
-    """residual + a @ weight_t over all rows, as out_dtype: one torch.addmm where dtypes and strides allow,
-    else the backend's matmul_residual. Rows where `a` is zero (the prefix tokens) come out exactly as the
-    residual."""
+    """residual + a @ weight_t over all rows, as out_dtype: one torch.addmm where dtypes and strides allow
+    (an fp32 residual with low-precision operands included, on CUDA), else the backend's matmul_residual.
+    Rows where `a` is zero (the prefix tokens) come out exactly as the residual."""
     frames, num_tokens, channels = residual.shape
     residual_rows = _rows(residual)
     if residual_rows is not None and residual.dtype == a_rows.dtype == out_dtype:
         return torch.addmm(residual_rows, a_rows, weight_t).view(frames, num_tokens, channels)
+    if (residual_rows is not None and _HAS_ADDMM_OUT_DTYPE and residual.is_cuda
+            and residual.dtype == out_dtype == torch.float32 and a_rows.dtype in (torch.bfloat16, torch.float16)):
+        return torch.addmm(residual_rows, a_rows, weight_t, out_dtype=torch.float32).view(frames, num_tokens,
+                                                                                          channels)
     out = torch.empty(residual.shape, device=residual.device, dtype=out_dtype)
     return kernels.matmul_residual(a_rows.view(frames, num_tokens, -1), weight_t, residual, out)
 

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 import st_adapter_fast as saf
+from conftest import DEVICE
 from st_adapter_fast.integrations.timm import (VideoClassifier, add_st_adapters, build_video_classifier,
                                                set_num_frames)
 
@@ -192,8 +193,8 @@ def test_convert_swaps_reference_and_authors_adapters():
 def test_compile_adapted_classifier_fullgraph(backend, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     torch._dynamo.reset()
-    model = classifier(backend=backend)
-    video = torch.randn(2, 3, 2, 32, 32)
+    model = classifier(backend=backend).to(DEVICE)
+    video = torch.randn(2, 3, 2, 32, 32, device=DEVICE)
     expected = model(video)
     torch.testing.assert_close(torch.compile(model, fullgraph=True)(video), expected, rtol=1e-4, atol=1e-4)
 

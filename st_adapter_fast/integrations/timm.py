@@ -216,12 +216,25 @@ def build_video_classifier(model_name, num_classes, *, num_frames=8, checkpoint_
     checkpoint file (no network access). `model_kwargs` go to timm.create_model (e.g. img_size),
     `adapter_kwargs` to `add_st_adapters`."""
     import timm
-    kwargs = dict(model_kwargs or {}, num_classes=0)
+    backbone = timm.create_model(model_name, pretrained=False, **dict(model_kwargs or {}, num_classes=0))
     if checkpoint_path is not None:
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(checkpoint_path)))
-    backbone = timm.create_model(model_name, **kwargs)
+        _load_backbone_checkpoint(backbone, checkpoint_path)
     add_st_adapters(backbone, num_frames=num_frames, **adapter_kwargs)
     return VideoClassifier(backbone, num_classes, dropout=dropout, backbone_dtype=backbone_dtype)
+
+
+def _load_backbone_checkpoint(backbone, path):
+    """Weights of a local timm-format (or, through the model's own filter, e.g. OpenAI CLIP) checkpoint, strict
+    but for the classifier head, which VideoClassifier replaces. timm's pretrained-file route is not used: how
+    it reads a local file differs between timm versions (some take any file for a JAX .npz)."""
+    import sys
+
+    from timm.models import load_state_dict
+    state = load_state_dict(str(path))
+    filter_fn = getattr(sys.modules[type(backbone).__module__], "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        state = filter_fn(state, backbone)
+    backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")}, strict=True)
 
 
 _AUTHORS_ADAPTER_NAMES = {"adapter_pre_attn": "st_adapter_attn", "adapter_pre_mlp": "st_adapter_mlp"}
