@@ -196,7 +196,10 @@ def test_compile_adapted_classifier_fullgraph(backend, tmp_path, monkeypatch):
     model = classifier(backend=backend).to(DEVICE)
     video = torch.randn(2, 3, 2, 32, 32, device=DEVICE)
     expected = model(video)
-    torch.testing.assert_close(torch.compile(model, fullgraph=True)(video), expected, rtol=1e-4, atol=1e-4)
+    # On a GPU, compiled and eager attention may run different SDPA kernels: 4e-4 apart on the H100 with the
+    # reference adapters, so the bound there is looser; on the CPU the two agree to 1e-4.
+    tol = 2e-3 if DEVICE == "cuda" else 1e-4
+    torch.testing.assert_close(torch.compile(model, fullgraph=True)(video), expected, rtol=tol, atol=tol)
 
 
 def test_build_from_a_local_checkpoint_file(tmp_path):
