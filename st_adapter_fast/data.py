@@ -69,20 +69,32 @@ def _parse_line(line, root, where, num_classes):
     return VideoRecord(os.path.join(root, path.strip()), label, where)
 
 
-def decode_video(path):
-    """All frames of the first video stream of `path` as uint8 (N, H, W, 3) RGB. Raises on broken files."""
+def decode_video(path, choose_indices=None):
+    """Frames of the first video stream of `path` as uint8 (N, H, W, 3) RGB: all of them, or those at
+    `choose_indices(frame_count)` (an int array, repeats allowed). When the container states its frame
+    count, decoding stops after the last frame needed and only the chosen frames are converted to RGB.
+    Raises on a file that cannot be decoded."""
     import av
     from av.video.reformatter import VideoReformatter
-    reformatter = VideoReformatter()   # one for all frames: keeps its conversion context between frames
     with av.open(path) as container:
         stream = container.streams.video[0]
         # one decoder thread: DataLoader workers decode in parallel, and thread start-up costs more
         # than it saves on short clips
         stream.thread_count = 1
-        frames = [reformatter.reformat(frame, format="rgb24").to_ndarray() for frame in container.decode(stream)]
-    if not frames:
+        wanted = choose_indices(stream.frames) if choose_indices and stream.frames > 0 else None
+        decoded = []
+        for frame in container.decode(stream):
+            decoded.append(frame)
+            if wanted is not None and len(decoded) > wanted.max():
+                break
+    if not decoded:
         raise ValueError(f"{path}: no decodable video frames")
-    return np.stack(frames)
+    if choose_indices is None:
+        wanted = range(len(decoded))
+    elif wanted is None or wanted.max() >= len(decoded):   # no stated count, or a wrong one
+        wanted = choose_indices(len(decoded))
+    reformatter = VideoReformatter()   # one for all frames: keeps its conversion context between frames
+    return np.stack([reformatter.reformat(decoded[i], format="rgb24").to_ndarray() for i in wanted])
 
 
 def sample_frame_indices(num_total, num_frames, sampling_rate=None, *, rng=None, view=0, num_views=1):
@@ -173,21 +185,24 @@ class VideoDataset(torch.utils.data.Dataset):
     def __getitem__(self, key):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         record = self.records[index]
+        rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
+        views = 1 if self.train else self.num_views
+
+        def choose(frame_count):   # the frames of every view, one after the other
+            return np.concatenate([sample_frame_indices(frame_count, self.num_frames, self.sampling_rate, rng=rng,
+                                                        view=view, num_views=views) for view in range(views)])
+
         try:
-            frames = decode_video(record.path)
+            frames = decode_video(record.path, choose)
         except Exception as error:   # any decoder failure: the video is reported and skipped
             return dict(clip=None, label=record.label, path=record.path, error=f"{type(error).__name__}: {error}")
         if self.train:
-            rng = np.random.default_rng([self.seed, epoch, index])
-            indices = sample_frame_indices(len(frames), self.num_frames, self.sampling_rate, rng=rng)
-            clip = transform_clip(frames[indices], self.size, rng=rng, flip=self.flip)
+            clip = transform_clip(frames, self.size, rng=rng, flip=self.flip)
         else:
             crops = [0.5] if self.num_crops == 1 else [0.0, 0.5, 1.0]
-            clip = torch.stack([
-                transform_clip(frames[sample_frame_indices(len(frames), self.num_frames, self.sampling_rate,
-                                                           view=view, num_views=self.num_views)],
-                               self.size, crop_position=crop)
-                for view in range(self.num_views) for crop in crops])
+            clip = torch.stack([transform_clip(frames[view * self.num_frames:(view + 1) * self.num_frames],
+                                               self.size, crop_position=crop)
+                                for view in range(views) for crop in crops])
         return dict(clip=clip, label=record.label, path=record.path, error=None)
 
 

@@ -7,7 +7,8 @@ schedule, scaler, RNG states of every rank, data position), an adapter-only resu
 top-1/top-5 on the validation list. `evaluate_adapters` scores a saved result.
 
 Files under `output_dir`: checkpoint.pt (latest, for resume), log.jsonl (one line per logged step or
-eval), adapters/ (adapters + head + train_config.json), metrics.json (final eval).
+eval; training loss, accuracy and clips/s are rank 0's, evals cover all ranks), adapters/ (adapters +
+head + train_config.json), metrics.json (final eval).
 """
 import contextlib
 import dataclasses
@@ -348,14 +349,13 @@ def _set_rng_state(state):
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save_checkpoint(path, model, optimizer, scheduler, scaler, position, config, world_size):
+def save_checkpoint(path, model, optimizer, scheduler, scaler, position, config, rank, world_size):
     """Write everything a bit-for-bit resume needs to `path` (rank 0 writes; every rank must call)."""
-    rng = [None] * world_size
+    own = _rng_state()
+    rng = [own] if world_size == 1 else [None] * world_size
     if world_size > 1:
-        dist.all_gather_object(rng, _rng_state())
-    else:
-        rng[0] = _rng_state()
-    if rng[0] is None or (world_size > 1 and dist.get_rank() != 0):
+        dist.all_gather_object(rng, own)
+    if rank != 0:
         return
     state = dict(format=CHECKPOINT_FORMAT, config=dataclasses.asdict(config), position=dict(position),
                  world_size=world_size, rng=rng, optimizer=optimizer.state_dict(),
@@ -441,7 +441,7 @@ def train(config):
             log.write_train(step, window, scheduler.get_last_lr()[0], len(skips))
             window = dict(loss=0.0, correct=0, clips=0, steps=0, time=time.perf_counter())
         if (config.save_every and step % config.save_every == 0) or step == last:
-            save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, position, config, world_size)
+            save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, position, config, rank, world_size)
         if config.val_list and config.eval_every and step % config.eval_every == 0 and step < config.steps:
             log.write(dict(step=step, **evaluate(model, config, device, rank, world_size)))
     bar.close()
