@@ -11,6 +11,7 @@ cost demo time without changing the comparison.
 writes data/ (mp4s and lists), probe/ and adapters/ (train runs), demo.json (accuracies, trainable
 parameters, wall times, loader clips/s) and curves.png.
 """
+import dataclasses
 import json
 import os
 import time
@@ -72,7 +73,7 @@ def run(args):
                    num_train=args.num_train, num_val=args.num_val, steps=args.steps, batch_size=args.batch_size,
                    generate_s=generated - started, models={})
     probe_config = demo_config(args, data_dir, "probe", linear_probe=True)
-    results["loader_clips_per_s"] = {f"{w}_workers": loader_clips_per_second(_with(probe_config, num_workers=w))
+    results["loader_clips_per_s"] = {f"{w}_workers": loader_clips_per_second(dataclasses.replace(probe_config, num_workers=w))
                                      for w in sorted({0, args.workers})}
     histories = {}
     for name, config in (("linear_probe", probe_config),
@@ -91,11 +92,6 @@ def run(args):
     _write(results, histories, args)
     print(json.dumps(results, indent=1))
     return 0
-
-
-def _with(config, **changes):
-    import dataclasses
-    return dataclasses.replace(config, **changes)
 
 
 def _write(results, histories, args):

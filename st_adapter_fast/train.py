@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .checkpoint import _trainable
 from .data import ResumableSampler, SkipCounter, VideoDataset, collate_clips
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -360,7 +361,7 @@ def save_checkpoint(path, model, optimizer, scheduler, scaler, position, config,
     state = dict(format=CHECKPOINT_FORMAT, config=dataclasses.asdict(config), position=dict(position),
                  world_size=world_size, rng=rng, optimizer=optimizer.state_dict(),
                  scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-                 trainable={n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad})
+                 trainable={n: p.detach().cpu() for n, p in _trainable(model).items()})
     torch.save(state, path + ".tmp")
     os.replace(path + ".tmp", path)   # a run killed while saving leaves the previous checkpoint intact
 
