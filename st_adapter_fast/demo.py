@@ -44,7 +44,7 @@ def demo_config(args, data_dir, name, linear_probe):
         log_every=max(args.steps // 30, 1), eval_every=max(args.steps // 6, 1), progress=True)
 
 
-def loader_clips_per_second(config, batches=30):
+def loader_clips_per_second(config, batches=60):
     """Clips/s of the training DataLoader alone (decode + sample + augment), after its first batch."""
     from .train import _batches, make_train_loader
     loader, sampler = make_train_loader(config)
