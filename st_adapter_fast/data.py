@@ -7,8 +7,9 @@ one frame per segment: a random frame of each segment in training, the segment's
 resized, cropped, optionally flipped and normalised with the CLIP mean/std; a clip is a float32 tensor
 (3, T, H, W).
 
-Unreadable videos never stop a run: the dataset returns None for them, `collate_clips` drops them and
-reports their paths, and the training and eval loops count and report them.
+Unreadable videos never stop a run: the dataset returns them with clip=None, `collate_clips` drops
+them and reports their paths, and the training and eval loops count and report them. A listed video
+that does not exist is an error when the list is read (a wrong root would otherwise skip everything).
 """
 import os
 import warnings
@@ -56,10 +57,11 @@ def read_video_list(list_path, root, num_classes=None):
 
 
 def _parse_line(line, root, where, num_classes):
-    # The path may contain spaces; the label is the last field.
-    path, _, label = line.strip().rpartition(" ")
-    if not path:
+    # The path may contain spaces; the label is the last field (after a space or a tab).
+    fields = line.rsplit(maxsplit=1)
+    if len(fields) != 2:
         raise ValueError(f"{where}: expected '<relative/path/to/video> <int label>', got {line.strip()!r}")
+    path, label = fields
     try:
         label = int(label)
     except ValueError:
@@ -168,7 +170,8 @@ class VideoDataset(torch.utils.data.Dataset):
     of DataLoader workers and after a resume. Eval: item `index` gives `num_views * num_crops` clips
     (temporal views x spatial crops), stacked as (V, 3, T, H, W).
 
-    Returns a dict (clip, label, path), or None (with the path) for a video that cannot be decoded.
+    Returns a dict (clip, label, path, error); for a video that cannot be decoded, clip is None and
+    error says why.
     """
 
     def __init__(self, list_path, root, *, num_frames=8, sampling_rate=None, size=224, train=True,

@@ -86,6 +86,8 @@ def test_list_file_errors_name_the_file_and_line(videos, tmp_path):
     bad.write_text("\nvideos/train_00000_up.mp4 1\nvideos/gone.mp4 0\n")
     with pytest.raises(FileNotFoundError, match="1 listed video.*bad.txt:3.*gone.mp4"):
         read_video_list(str(bad), root)
+    bad.write_text("videos/train_00000_up.mp4\t1\n")   # a tab separates as well as a space
+    assert [r.label for r in read_video_list(str(bad), root)] == [1]
     bad.write_text("\n\n")
     with pytest.raises(ValueError, match="no videos"):
         read_video_list(str(bad), root)
