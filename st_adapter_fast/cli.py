@@ -1,4 +1,5 @@
-"""`st-adapter-fast` command line: `check` (parity report of every available backend) and `bench`."""
+"""`st-adapter-fast` command line: `check` (parity report of every available backend), `bench`, and the
+video workflow: `make-synthetic`, `train`, `eval`, `demo`."""
 import argparse
 import os
 import sys
@@ -56,6 +57,61 @@ def check(args):
     return 1 if failed else 0
 
 
+def train_command(args):
+    """Train from flags / a config file; prints the final metrics. Run under torchrun for DDP."""
+    from .train import TrainConfig, config_values_from_args, train
+    result = train(TrainConfig.from_dict(config_values_from_args(args), source=args.config or "flags"))
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(result["parameters"])
+        print(f"final eval: {result['metrics']}" if result["metrics"] else "no final eval (no val_list, or stopped early)")
+    return 0
+
+
+def eval_command(args):
+    """Evaluate a run's adapters/ folder; prints top-1/top-5 and how many videos were skipped."""
+    import json
+
+    from .train import config_values_from_args, evaluate_adapters
+    metrics = evaluate_adapters(args.adapters, config_values_from_args(args))
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(json.dumps(metrics))
+        print(f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}% on {metrics['videos']} of "
+              f"{metrics['listed']} videos ({metrics['skipped']} unreadable, skipped)")
+    return 0
+
+
+def make_synthetic_command(args):
+    """Write the synthetic temporal-order videos and list files."""
+    from .synthetic import make_synthetic
+    train_list, val_list = make_synthetic(args.out, args.num_train, args.num_val, num_frames=args.frames,
+                                          size=args.size, seed=args.seed, progress=True)
+    print(f"wrote {train_list} and {val_list}")
+    return 0
+
+
+def _add_video_commands(sub):
+    from .train import add_config_arguments
+    t = sub.add_parser("train", help="fine-tune adapters on a video list (torchrun for multi-GPU/multi-node)")
+    add_config_arguments(t)
+    t.set_defaults(func=train_command)
+    e = sub.add_parser("eval", help="evaluate the adapters/ folder of a train run on a video list")
+    e.add_argument("adapters", help="a train run's output_dir/adapters")
+    add_config_arguments(e, exclude=("train_list",))
+    e.set_defaults(func=eval_command)
+    m = sub.add_parser("make-synthetic", help="write the synthetic temporal-order task (mp4s + list files)")
+    m.add_argument("out", help="output directory")
+    m.add_argument("--num-train", type=int, default=400)
+    m.add_argument("--num-val", type=int, default=200)
+    m.add_argument("--frames", type=int, default=16)
+    m.add_argument("--size", type=int, default=32)
+    m.add_argument("--seed", type=int, default=0)
+    m.set_defaults(func=make_synthetic_command)
+    d = sub.add_parser("demo", help="linear probe vs ST-Adapters on the synthetic task (see demo.py)")
+    from . import demo
+    demo.add_arguments(d)
+    d.set_defaults(func=demo.run)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="st-adapter-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,6 +125,7 @@ def main(argv=None):
     from . import benchmark
     benchmark.add_arguments(b)
     b.set_defaults(func=lambda args: benchmark.run(args) and 0)
+    _add_video_commands(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

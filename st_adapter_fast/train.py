@@ -1,0 +1,506 @@
+"""Fine-tune a frozen timm ViT with ST-Adapters on a video list, and evaluate it.
+
+`train(config)` runs on one process or under `torchrun` (DDP: gloo on CPU, nccl on GPU): AdamW with
+linear warmup and cosine decay per optimizer step, autocast (bf16, or fp16 with a GradScaler), gradient
+accumulation, checkpoints every `save_every` steps that resume bit for bit (trainable weights, optimizer,
+schedule, scaler, RNG states of every rank, data position), an adapter-only result (`save_adapters`) and
+top-1/top-5 on the validation list. `evaluate_adapters` scores a saved result.
+
+Files under `output_dir`: checkpoint.pt (latest, for resume), log.jsonl (one line per logged step or
+eval; training loss, accuracy and clips/s are rank 0's, evals cover all ranks), adapters/ (adapters +
+head + train_config.json), metrics.json (final eval).
+"""
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+import typing
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .checkpoint import _trainable
+from .data import ResumableSampler, SkipCounter, VideoDataset, collate_clips
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; every field is also a command-line flag (`--field-name`)."""
+
+    # data
+    train_list: str = field(default=None, metadata=dict(help="list file of training videos"))
+    val_list: str = field(default=None, metadata=dict(help="list file of validation videos"))
+    data_root: str = field(default=".", metadata=dict(help="directory the list files' paths are relative to"))
+    num_classes: int = field(default=None, metadata=dict(help="number of classes (required)"))
+    num_frames: int = field(default=8, metadata=dict(help="frames per clip"))
+    sampling_rate: int = field(default=None, metadata=dict(
+        help="take every r-th frame; default: frames evenly covering the whole video"))
+    input_size: int = field(default=224, metadata=dict(help="side of the square input frames"))
+    flip: bool = field(default=True, metadata=dict(help="random horizontal flips in training"))
+    eval_views: int = field(default=1, metadata=dict(help="temporal views per video in eval"))
+    eval_crops: int = field(default=1, metadata=dict(help="spatial crops per view in eval (1 or 3)"))
+    num_workers: int = field(default=4, metadata=dict(help="DataLoader worker processes per rank"))
+    # model
+    model: str = field(default="vit_base_patch16_clip_224", metadata=dict(help="timm model name"))
+    model_kwargs: dict = field(default_factory=dict, metadata=dict(
+        help="JSON dict of extra timm.create_model arguments, e.g. '{\"depth\": 4}'"))
+    backbone_checkpoint: str = field(default=None, metadata=dict(
+        help="local file with the backbone's pretrained weights; default: random init"))
+    adapter_channels: int = field(default=384, metadata=dict(help="adapter bottleneck width Ca"))
+    kernel_size: typing.List[int] = field(default_factory=lambda: [3, 1, 1], metadata=dict(
+        help="adapter conv kernel kt kh kw"))
+    placement: typing.List[str] = field(default_factory=lambda: ["mlp"], metadata=dict(
+        help="adapter places in a block: attn and/or mlp"))
+    adapter_layers: typing.List[int] = field(default=None, metadata=dict(
+        help="block indices that get adapters; default: all"))
+    activation: str = field(default="gelu", metadata=dict(help="gelu, quick_gelu or none"))
+    backend: str = field(default="auto", metadata=dict(help="adapter backend (auto, triton, reference)"))
+    linear_probe: bool = field(default=False, metadata=dict(
+        help="train the head only: adapters stay at their identity init (a plain frozen image model)"))
+    dropout: float = field(default=0.5, metadata=dict(help="dropout before the head"))
+    # optimisation
+    batch_size: int = field(default=8, metadata=dict(help="clips per process and micro-step"))
+    accum_steps: int = field(default=1, metadata=dict(help="micro-steps per optimizer step"))
+    steps: int = field(default=1000, metadata=dict(help="optimizer steps"))
+    warmup_steps: int = field(default=100, metadata=dict(help="linear warmup steps before the cosine decay"))
+    lr: float = field(default=3e-4, metadata=dict(help="peak learning rate"))
+    weight_decay: float = field(default=0.05, metadata=dict(help="AdamW weight decay (not on biases)"))
+    amp: str = field(default="none", metadata=dict(help="autocast dtype: none, bf16 or fp16"))
+    seed: int = field(default=0, metadata=dict(help="seed of init, data order and augmentation"))
+    device: str = field(default=None, metadata=dict(help="cpu or cuda; default: cuda if available"))
+    # bookkeeping
+    output_dir: str = field(default="runs/st-adapter", metadata=dict(help="where checkpoints and results go"))
+    save_every: int = field(default=0, metadata=dict(help="checkpoint every N steps (0: only at the end)"))
+    eval_every: int = field(default=0, metadata=dict(help="evaluate every N steps (0: only at the end)"))
+    log_every: int = field(default=10, metadata=dict(help="log.jsonl line every N steps"))
+    resume: bool = field(default=True, metadata=dict(help="continue from output_dir/checkpoint.pt if present"))
+    stop_at: int = field(default=None, metadata=dict(
+        help="stop after this step with a checkpoint, as if preempted; the schedule still spans `steps`"))
+    progress: bool = field(default=True, metadata=dict(help="progress bars (rank 0)"))
+
+    def __post_init__(self):
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise ValueError(f"amp must be none, bf16 or fp16, got {self.amp!r}")
+        for name in ("num_frames", "input_size", "batch_size", "accum_steps", "steps", "eval_views"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_dict(cls, values, source="config"):
+        """A config from a dict (e.g. a YAML/JSON file); unknown keys raise ValueError naming `source`."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"{source}: unknown config keys {unknown}")
+        return cls(**values)
+
+
+# Fields that do not change what a run computes: they may differ when resuming.
+_BOOKKEEPING = {"num_workers", "output_dir", "save_every", "eval_every", "log_every", "resume", "stop_at",
+                "progress", "val_list", "eval_views", "eval_crops"}
+
+
+def load_config_file(path):
+    """A dict from a YAML (.yaml/.yml) or JSON file."""
+    with open(path) as f:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+            values = yaml.safe_load(f) or {}
+        else:
+            values = json.load(f)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
+    return values
+
+
+def add_config_arguments(parser, exclude=()):
+    """One `--field-name` flag per TrainConfig field (lists take several values, dicts a JSON string,
+    bools --x/--no-x), plus `--config FILE` (YAML or JSON). Flags not given stay out of the namespace."""
+    import argparse
+    parser.add_argument("--config", help="YAML or JSON file of config keys; flags override it")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in exclude:
+            continue
+        kind = hints[f.name]
+        options = dict(default=argparse.SUPPRESS, help=f.metadata.get("help"))
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif kind is dict:
+            options["type"] = json.loads
+        elif typing.get_origin(kind) is list:
+            options.update(nargs="+", type=typing.get_args(kind)[0])
+        else:
+            options["type"] = kind
+        parser.add_argument("--" + f.name.replace("_", "-"), **options)
+
+
+def config_values_from_args(args):
+    """The config keys of a namespace from `add_config_arguments`: the --config file's, then the flags'."""
+    values = load_config_file(args.config) if args.config else {}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return values
+
+
+# ---------------------------------------------------------------------------------------- distributed
+
+
+def setup_distributed(device=None):
+    """(rank, world_size, device). Under torchrun (WORLD_SIZE > 1) joins the process group: nccl when
+    the device is CUDA, gloo otherwise."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    if device == "cuda":
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return rank, world_size, torch.device(device)
+
+
+def _all_reduce_sum(values, device, world_size):
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if world_size > 1:
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+# ---------------------------------------------------------------------------------------- model, optimizer
+
+
+def build_model(config):
+    """The VideoClassifier of `config`, initialised from `config.seed` (the same on every rank)."""
+    from .integrations.timm import build_video_classifier
+    torch.manual_seed(config.seed)
+    model = build_video_classifier(
+        config.model, config.num_classes, num_frames=config.num_frames,
+        checkpoint_path=config.backbone_checkpoint, dropout=config.dropout,
+        model_kwargs=dict(dict(img_size=config.input_size), **config.model_kwargs),
+        adapter_channels=config.adapter_channels, kernel_size=tuple(config.kernel_size),
+        placement=tuple(config.placement), layers=config.adapter_layers,
+        activation=None if config.activation == "none" else config.activation, backend=config.backend)
+    if config.linear_probe:
+        for name, p in model.named_parameters():
+            if ".st_adapter_" in name:
+                p.requires_grad_(False)
+    return model
+
+
+def build_optimizer(model, config):
+    """AdamW over the trainable parameters (no weight decay on biases and other 1-D tensors) and a
+    per-step schedule: linear warmup from lr/warmup_steps to lr, then cosine decay to 0 at `steps`."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [dict(params=[p for p in params if p.ndim > 1], weight_decay=config.weight_decay),
+              dict(params=[p for p in params if p.ndim <= 1], weight_decay=0.0)]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr)
+    warmup, total = config.warmup_steps, config.steps
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _autocast(config, device):
+    dtype = dict(bf16=torch.bfloat16, fp16=torch.float16).get(config.amp)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+# ---------------------------------------------------------------------------------------- data
+
+
+def make_train_loader(config, rank=0, world_size=1, device=torch.device("cpu")):
+    """(DataLoader, ResumableSampler) over this rank's share of the training list."""
+    dataset = VideoDataset(config.train_list, config.data_root, num_frames=config.num_frames,
+                           sampling_rate=config.sampling_rate, size=config.input_size, train=True,
+                           flip=config.flip, num_classes=config.num_classes, seed=config.seed)
+    if len(dataset) < config.batch_size * world_size:
+        raise ValueError(f"{config.train_list}: {len(dataset)} videos, fewer than one global batch "
+                         f"({config.batch_size} x {world_size} processes)")
+    sampler = ResumableSampler(len(dataset), shuffle=True, seed=config.seed, rank=rank, world_size=world_size)
+    # The loader's own generator keeps it from drawing on the global torch RNG, whose state is part of
+    # the checkpoint (dropout), whenever a new epoch's iterator starts.
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collate_clips, drop_last=True,
+        num_workers=config.num_workers, persistent_workers=config.num_workers > 0,
+        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(config.seed))
+    return loader, sampler
+
+
+def _batches(loader, sampler, position):
+    """Batches from `position` (epoch, batch within the epoch) on, forever; keeps `position` current
+    with what has been consumed."""
+    while True:
+        sampler.set_position(position["epoch"], position["batch"] * loader.batch_size)
+        for batch in loader:
+            position["batch"] += 1
+            yield batch
+        position["epoch"], position["batch"] = position["epoch"] + 1, 0
+
+
+# ---------------------------------------------------------------------------------------- steps
+
+
+def forward_backward(model, batch, config, scaler, device, loss_scale):
+    """Loss of one micro-batch times `loss_scale`, backpropagated. Returns (loss, correct, clips).
+    A micro-batch whose videos were all unreadable still runs (on zeros, with zero loss) so that every
+    DDP rank takes part in the gradient all-reduce."""
+    if batch["clip"] is None:
+        size = config.input_size
+        clips = torch.zeros(1, 3, config.num_frames, size, size, device=device)
+        labels, weight = torch.zeros(1, dtype=torch.long, device=device), 0.0
+    else:
+        clips = batch["clip"].to(device, non_blocking=True)
+        labels, weight = batch["label"].to(device, non_blocking=True), 1.0
+    with _autocast(config, device):
+        logits = model(clips)
+    loss = F.cross_entropy(logits.float(), labels) * weight
+    scaler.scale(loss * loss_scale).backward()
+    correct = (logits.argmax(-1) == labels).sum().item() if weight else 0
+    return loss.item(), correct, len(labels) if weight else 0
+
+
+def train_step(model, batches, optimizer, scheduler, scaler, config, device, skips):
+    """One optimizer step over `accum_steps` micro-batches; gradients are all-reduced on the last only.
+    Returns (mean loss, correct, clips)."""
+    optimizer.zero_grad(set_to_none=True)
+    losses, correct, clips = [], 0, 0
+    for micro in range(config.accum_steps):
+        batch = next(batches)
+        skips.add(batch["skipped"])
+        last = micro == config.accum_steps - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            loss, c, n = forward_backward(model, batch, config, scaler, device, 1.0 / config.accum_steps)
+        losses.append(loss)
+        correct, clips = correct + c, clips + n
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return sum(losses) / len(losses), correct, clips
+
+
+@torch.no_grad()
+def evaluate(model, config, device, rank=0, world_size=1):
+    """Top-1/top-5 (%) on `config.val_list`, scores averaged over the views and crops of each video;
+    each rank scores a disjoint share. Unreadable videos are counted in `skipped`, not in `videos`."""
+    dataset = VideoDataset(config.val_list, config.data_root, num_frames=config.num_frames,
+                           sampling_rate=config.sampling_rate, size=config.input_size, train=False,
+                           num_views=config.eval_views, num_crops=config.eval_crops,
+                           num_classes=config.num_classes)
+    share = torch.utils.data.Subset(dataset, range(rank, len(dataset), world_size))
+    loader = torch.utils.data.DataLoader(share, batch_size=config.batch_size, collate_fn=collate_clips,
+                                         num_workers=config.num_workers, pin_memory=device.type == "cuda")
+    was_training = model.training
+    model.eval()
+    skips, top1, top5, videos = SkipCounter(), 0, 0, 0
+    from tqdm import tqdm
+    for batch in tqdm(loader, desc="eval", unit="batch", leave=False, disable=rank != 0 or not config.progress):
+        skips.add(batch["skipped"])
+        if batch["clip"] is None:
+            continue
+        clips, labels = batch["clip"].to(device), batch["label"].to(device)
+        with _autocast(config, device):
+            logits = model(clips.flatten(0, 1)).float()
+        scores = logits.softmax(-1).view(len(labels), -1, logits.shape[-1]).mean(1)
+        best = scores.topk(min(5, scores.shape[-1]), dim=-1).indices
+        top1 += (best[:, 0] == labels).sum().item()
+        top5 += (best == labels[:, None]).any(-1).sum().item()
+        videos += len(labels)
+    model.train(was_training)
+    top1, top5, videos, skipped = _all_reduce_sum([top1, top5, videos, len(skips)], device, world_size)
+    return dict(top1=100.0 * top1 / max(videos, 1), top5=100.0 * top5 / max(videos, 1), videos=int(videos),
+                skipped=int(skipped), listed=len(dataset))
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+
+
+def _rng_state():
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = torch.from_numpy(numpy_state["state"]["key"].astype(np.int64))
+    state = dict(torch=torch.get_rng_state(), numpy=numpy_state, python=random.getstate())
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    numpy_state = dict(state["numpy"], state=dict(state["numpy"]["state"]))
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].numpy().astype(np.uint32)
+    np.random.set_state(numpy_state)
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save_checkpoint(path, model, optimizer, scheduler, scaler, position, config, rank, world_size):
+    """Write everything a bit-for-bit resume needs to `path` (rank 0 writes; every rank must call)."""
+    own = _rng_state()
+    rng = [own] if world_size == 1 else [None] * world_size
+    if world_size > 1:
+        dist.all_gather_object(rng, own)
+    if rank != 0:
+        return
+    state = dict(format=CHECKPOINT_FORMAT, config=dataclasses.asdict(config), position=dict(position),
+                 world_size=world_size, rng=rng, optimizer=optimizer.state_dict(),
+                 scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
+                 trainable={n: p.detach().cpu() for n, p in _trainable(model).items()})
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)   # a run killed while saving leaves the previous checkpoint intact
+
+
+def load_checkpoint(path, model, optimizer, scheduler, scaler, config, rank, world_size):
+    """Restore what save_checkpoint wrote; returns the data position. Raises ValueError if the
+    checkpoint was made by a run that computes something else (other config or world size)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: unknown checkpoint format {state.get('format')!r}")
+    ours = json.loads(json.dumps(dataclasses.asdict(config)))
+    differ = sorted(k for k in set(ours) | set(state["config"])
+                    if k not in _BOOKKEEPING and ours.get(k) != state["config"].get(k))
+    if differ:
+        raise ValueError(f"{path}: made with a different config ({', '.join(differ)}); use another "
+                         f"output_dir or --no-resume")
+    if state["world_size"] != world_size:
+        raise ValueError(f"{path}: made with {state['world_size']} processes, this run has {world_size}")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in state["trainable"].items():
+            params[name].copy_(tensor)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state["rng"][rank])
+    return state["position"]
+
+
+# ---------------------------------------------------------------------------------------- the run
+
+
+def _seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(config):
+    """Train as `config` says (under torchrun: one process per rank). Returns a dict with `history`
+    (logged steps and evals of this process's run), `metrics` (final eval, if there is a val_list),
+    `parameters` (a ParameterReport), `wall_time_s` and `model` (the trained VideoClassifier)."""
+    from torch.nn.parallel import DistributedDataParallel
+    from tqdm import tqdm
+
+    from .checkpoint import save_adapters
+    from .report import parameter_report
+    if config.train_list is None or config.num_classes is None:
+        raise ValueError("train needs train_list and num_classes")
+    started = time.perf_counter()
+    rank, world_size, device = setup_distributed(config.device)
+    model = build_model(config).to(device)
+    _seed_everything(config.seed + rank)   # dropout differs between ranks, as with independent samples
+    trained = DistributedDataParallel(model) if world_size > 1 else model
+    optimizer, scheduler = build_optimizer(model, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+    position = dict(step=0, epoch=0, batch=0)
+    os.makedirs(config.output_dir, exist_ok=True)
+    checkpoint = os.path.join(config.output_dir, CHECKPOINT_NAME)
+    if config.resume and os.path.exists(checkpoint):
+        position = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler, config, rank, world_size)
+    loader, sampler = make_train_loader(config, rank, world_size, device)
+    batches = _batches(loader, sampler, position)
+    log = _Log(os.path.join(config.output_dir, "log.jsonl"), enabled=rank == 0)
+    skips, window = SkipCounter(), dict(loss=0.0, correct=0, clips=0, steps=0, time=time.perf_counter())
+    last = min(config.steps, config.stop_at or config.steps)
+    bar = tqdm(total=config.steps, initial=position["step"], desc="train", unit="step",
+               disable=rank != 0 or not config.progress)
+    while position["step"] < last:
+        loss, correct, clips = train_step(trained, batches, optimizer, scheduler, scaler, config, device, skips)
+        position["step"] += 1
+        step = position["step"]
+        window.update(loss=window["loss"] + loss, correct=window["correct"] + correct,
+                      clips=window["clips"] + clips, steps=window["steps"] + 1)
+        bar.update()
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if step % config.log_every == 0 or step == last:
+            log.write_train(step, window, scheduler.get_last_lr()[0], len(skips))
+            window = dict(loss=0.0, correct=0, clips=0, steps=0, time=time.perf_counter())
+        if (config.save_every and step % config.save_every == 0) or step == last:
+            save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, position, config, rank, world_size)
+        if config.val_list and config.eval_every and step % config.eval_every == 0 and step < config.steps:
+            log.write(dict(step=step, **evaluate(model, config, device, rank, world_size)))
+    bar.close()
+    result = dict(history=log.history, metrics=None, parameters=parameter_report(model), model=model,
+                  skipped_train_videos=len(skips))
+    if position["step"] == config.steps:
+        result["metrics"] = _finish(model, config, device, rank, world_size, log, save_adapters)
+    result["wall_time_s"] = time.perf_counter() - started
+    return result
+
+
+def _finish(model, config, device, rank, world_size, log, save_adapters):
+    """Adapter-only result and final eval of a completed run."""
+    metrics = None
+    if rank == 0:
+        path = save_adapters(model, os.path.join(config.output_dir, "adapters"))
+        with open(os.path.join(path, "train_config.json"), "w") as f:
+            json.dump(dataclasses.asdict(config), f, indent=1)
+    if config.val_list:
+        metrics = evaluate(model, config, device, rank, world_size)
+        log.write(dict(step=config.steps, **metrics))
+        if rank == 0:
+            with open(os.path.join(config.output_dir, "metrics.json"), "w") as f:
+                json.dump(metrics, f, indent=1)
+    return metrics
+
+
+class _Log:
+    """log.jsonl lines (rank 0) and the same records in memory."""
+
+    def __init__(self, path, enabled):
+        self.path, self.enabled, self.history = path, enabled, []
+
+    def write(self, record):
+        if not self.enabled:
+            return
+        self.history.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def write_train(self, step, window, lr, skipped):
+        seconds = time.perf_counter() - window["time"]
+        self.write(dict(step=step, loss=window["loss"] / window["steps"], lr=lr,
+                        train_acc=100.0 * window["correct"] / max(window["clips"], 1),
+                        clips_per_s=window["clips"] / max(seconds, 1e-9), skipped_videos=skipped))
+
+
+def evaluate_adapters(adapters_dir, overrides=None):
+    """Build the model that `adapters_dir` (a run's adapters/ folder with train_config.json) was trained
+    as, load its adapters and head, and evaluate on `overrides["val_list"]` or the run's val_list."""
+    from .checkpoint import load_adapters
+    config_path = os.path.join(adapters_dir, "train_config.json")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{config_path} not found: expected the adapters/ folder of a train run")
+    values = dict(load_config_file(config_path), **(overrides or {}))
+    config = TrainConfig.from_dict(values, source=config_path)
+    if not config.val_list:
+        raise ValueError("eval needs a val_list")
+    rank, world_size, device = setup_distributed(config.device)
+    model = load_adapters(build_model(config), adapters_dir).to(device)
+    return evaluate(model, config, device, rank, world_size)
