@@ -41,7 +41,9 @@ def _extension_setup():
     cuda_home = cpp_extension.CUDA_HOME
     with_cuda = cuda_home is not None and torch.version.cuda is not None
     # -fno-math-errno lets GCC vectorise erf/exp calls (libmvec, see csrc/temporal_conv_cpu.cpp).
-    compile_args = {"cxx": ["-O3", "-fno-math-errno"]}
+    # -fopenmp: at::parallel_for is inline OpenMP code, serial without it. Not linked: GOMP_* resolve to
+    # the OpenMP runtime torch itself loads, so that one thread pool serves both.
+    compile_args = {"cxx": ["-O3", "-fno-math-errno", "-fopenmp"]}
     link_args = ["-lmvec"] if _has_libmvec() else []
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)

@@ -8,10 +8,12 @@ Tensors come in validated (ops.py); the compute dtype is the parameters' dtype, 
 """
 import torch
 
-# The up-projection's input `a` carries BIAS_COLUMNS extra columns: a 1 on patch rows (0 on prefix rows)
-# that meets fc2.bias in the augmented weight, and zero padding that keeps rows 16-byte aligned. Then
-# y = x + a_aug @ W2_aug^T is one GEMM that leaves the prefix rows exactly x, and the bias gradient falls
-# out of the weight gradient's extra column.
+# Where the backend folds fc2's bias into the GEMM (kernels.fold_fc2_bias), the up-projection's input `a`
+# carries BIAS_COLUMNS extra columns: a 1 on patch rows (0 on prefix rows) that meets fc2.bias in the
+# augmented weight, and zero padding that keeps rows 16-byte aligned. Then y = x + a_aug @ W2_aug^T is one
+# GEMM that leaves the prefix rows exactly x, and the bias gradient falls out of the weight gradient's
+# extra column. On the CPU the 8 extra columns cost MKL ~15% on those GEMMs (K = 392 instead of 384),
+# more than a separate bias add, so there the bias is added to the patch rows and summed in backward.
 BIAS_COLUMNS = 8
 
 
@@ -25,10 +27,14 @@ class ConvKernels:
       writes grad_h and the recomputed a; returns the gradients of conv.weight (as (Ca, kt)), conv.bias
       and fc1.bias in the compute dtype. g_patch is grad_a, or with `fused_gemm` grad_y (grad_a computed inside).
     - matmul_residual(a, b, residual, out): out = residual + a @ b for the dtype mixes torch.addmm refuses.
+    - fold_fc2_bias(device): whether fc2's bias rides in the GEMM as an extra column (see BIAS_COLUMNS).
     conv_weight is (Ca, kt), contiguous.
     """
     name = "abstract"
     fused_gemm = False
+
+    def fold_fc2_bias(self, device):
+        return True
 
 
 def _zero_prefix_buffer(frames, num_tokens, num_prefix_tokens, channels, like):
@@ -38,13 +44,14 @@ def _zero_prefix_buffer(frames, num_tokens, num_prefix_tokens, channels, like):
     return buf
 
 
-def _augmented_activation_buffer(frames, num_tokens, num_prefix_tokens, adapter_channels, like):
-    """(frames, L, Ca + BIAS_COLUMNS): prefix rows zero, column Ca one on patch rows, padding zero.
-    Columns :Ca of the patch rows are left for the conv kernel to write."""
+def _activation_buffer(frames, num_tokens, num_prefix_tokens, adapter_channels, fold_bias, like):
+    """(frames, L, Ca [+ BIAS_COLUMNS when fold_bias]): prefix rows zero; with the bias columns, column Ca
+    one on patch rows and the padding zero. Columns :Ca of the patch rows are left for the conv kernel."""
     P, Ca = num_prefix_tokens, adapter_channels
-    buf = _zero_prefix_buffer(frames, num_tokens, P, Ca + BIAS_COLUMNS, like)
-    buf[:, P:, Ca:].zero_()
-    buf[:, P:, Ca] = 1
+    buf = _zero_prefix_buffer(frames, num_tokens, P, Ca + (BIAS_COLUMNS if fold_bias else 0), like)
+    if fold_bias:
+        buf[:, P:, Ca:].zero_()
+        buf[:, P:, Ca] = 1
     return buf
 
 
@@ -96,8 +103,9 @@ def adapter_forward(kernels, x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc
     dtype = fc1_weight.dtype
     # The GEMM for fc1 needs x in the compute dtype, and backward keeps that copy (a no-op when dtypes agree).
     x_low = x.to(dtype) if (need_h or not kernels.fused_gemm) else x
-    a_aug = _augmented_activation_buffer(frames, num_tokens, P, Ca, fc1_weight)
-    a = a_aug[:, P:, :Ca]
+    fold_bias = kernels.fold_fc2_bias(x.device)
+    a_buf = _activation_buffer(frames, num_tokens, P, Ca, fold_bias, fc1_weight)
+    a = a_buf[:, P:, :Ca]
     # h keeps all L rows (prefix rows zero when fused) so that the op returns one fixed layout.
     if kernels.fused_gemm:
         h_full = _zero_prefix_buffer(frames, num_tokens, P, Ca, a) if need_h else a.new_empty((0, 1, 1))
@@ -108,8 +116,10 @@ def adapter_forward(kernels, x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc
     kernels.conv_act_forward(x_patch=x[:, P:], fc1_weight=fc1_weight, fc1_bias=fc1_bias,
                              conv_weight=conv_weight.reshape(Ca, -1).contiguous(), conv_bias=conv_bias, h=h, a=a,
                              num_frames=num_frames, activation=activation, store_h=need_h)
-    y = _add_matmul(kernels, x, a_aug.view(frames * num_tokens, Ca + BIAS_COLUMNS),
-                    _augmented_fc2_weight(fc2_weight, fc2_bias).t(), torch.promote_types(x.dtype, dtype))
+    up_weight = _augmented_fc2_weight(fc2_weight, fc2_bias) if fold_bias else fc2_weight
+    y = _add_matmul(kernels, x, a_buf.view(frames * num_tokens, -1), up_weight.t(), torch.promote_types(x.dtype, dtype))
+    if not fold_bias:
+        y[:, P:] += fc2_bias   # patch rows only: prefix rows stay exactly x
     empty = lambda: a.new_empty((0, 1, 1))  # distinct tensors: op outputs must not alias
     return y, (h_full if need_h else empty()), (x_low if need_h and x.dtype != dtype else empty())
 
@@ -126,17 +136,21 @@ def adapter_backward(kernels, grad_y, x, h, fc1_weight, conv_weight, conv_bias, 
     rows_g = grad_y.reshape(-1, channels).to(dtype)
 
     h = h[:, P:]
-    a_aug = _augmented_activation_buffer(frames, num_tokens, P, Ca, h)
+    fold_bias = kernels.fold_fc2_bias(x.device)
+    a_buf = _activation_buffer(frames, num_tokens, P, Ca, fold_bias, h)
     grad_h = _zero_prefix_buffer(frames, num_tokens, P, Ca, h)
     # Fused: the kernel reads g's patch rows; else it reads grad_a = g @ W2 from one GEMM.
     g_patch = grad_y[:, P:] if kernels.fused_gemm else (rows_g @ fc2_weight).view(frames, num_tokens, Ca)[:, P:]
     grad_conv_weight, grad_conv_bias, grad_fc1_bias = kernels.conv_act_backward(
         g_patch=g_patch, fc2_weight=fc2_weight, h=h, conv_weight=conv_weight.reshape(Ca, -1).contiguous(),
-        conv_bias=conv_bias, a=a_aug[:, P:, :Ca], grad_h=grad_h[:, P:], num_frames=num_frames, activation=activation)
+        conv_bias=conv_bias, a=a_buf[:, P:, :Ca], grad_h=grad_h[:, P:], num_frames=num_frames, activation=activation)
 
-    # Column Ca of a_aug is 1 on patch rows, so that column of the product is fc2.bias's gradient.
-    grad_fc2_aug = rows_g.t() @ a_aug.view(frames * num_tokens, Ca + BIAS_COLUMNS)
-    grad_fc2_weight, grad_fc2_bias = grad_fc2_aug[:, :Ca].contiguous(), grad_fc2_aug[:, Ca].contiguous()
+    grad_fc2 = rows_g.t() @ a_buf.view(frames * num_tokens, -1)
+    if fold_bias:  # column Ca of a_buf is 1 on patch rows, so that column of the product is fc2.bias's gradient
+        grad_fc2_weight, grad_fc2_bias = grad_fc2[:, :Ca].contiguous(), grad_fc2[:, Ca].contiguous()
+    else:
+        grad_fc2_weight = grad_fc2
+        grad_fc2_bias = grad_y[:, P:].sum((0, 1), dtype=torch.float32 if dtype != torch.float64 else dtype).to(dtype)
     grad_fc1_weight = grad_h.view(-1, Ca).t() @ x.reshape(-1, channels).to(dtype)
     # Prefix rows of grad_h are zero, so over all L rows dx = g there, exactly.
     grad_x = _add_matmul(kernels, grad_y, grad_h.view(-1, Ca), fc1_weight, grad_y.dtype)

@@ -16,6 +16,7 @@ import pytest  # noqa: E402
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Kernel tests that must run wherever the suite runs: outcomes counted per marker, skips fail the run.
 _outcomes = {marker: {"passed": 0, "failed": 0, "skipped": 0} for marker in ("triton", "compiled")}
+_marked = {marker: set() for marker in _outcomes}   # node ids carrying the marker (not just the keyword)
 
 
 def pytest_configure(config):
@@ -27,13 +28,16 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
-        if "gpu" in item.keywords and DEVICE != "cuda":
+        if item.get_closest_marker("gpu") and DEVICE != "cuda":
             item.add_marker(skip_gpu)
+        for marker, ids in _marked.items():
+            if item.get_closest_marker(marker):
+                ids.add(item.nodeid)
 
 
 def pytest_runtest_logreport(report):
     for marker, counts in _outcomes.items():
-        if marker in report.keywords and (
+        if report.nodeid in _marked[marker] and (
                 report.when == "call" or (report.when == "setup" and report.outcome != "passed")):
             counts[report.outcome] += 1
 
