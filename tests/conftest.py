@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Kernel tests that must run wherever the suite runs: outcomes counted per marker, skips fail the run.
 _outcomes = {marker: {"passed": 0, "failed": 0, "skipped": 0} for marker in ("triton", "compiled")}
-_marked = {marker: set() for marker in _outcomes}   # node ids carrying the marker (not just the keyword)
+KERNEL_MARKER = "kernel_marker"   # user property naming a test's kernel marker; reports carry it (xdist too)
 
 
 def pytest_configure(config):
@@ -30,14 +30,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu") and DEVICE != "cuda":
             item.add_marker(skip_gpu)
-        for marker, ids in _marked.items():
-            if item.get_closest_marker(marker):
-                ids.add(item.nodeid)
+        for marker in _outcomes:
+            if item.get_closest_marker(marker):   # the marker itself, not a parameter id of that name
+                item.user_properties.append((KERNEL_MARKER, marker))
 
 
 def pytest_runtest_logreport(report):
+    markers = {value for name, value in report.user_properties if name == KERNEL_MARKER}
     for marker, counts in _outcomes.items():
-        if report.nodeid in _marked[marker] and (
+        if marker in markers and (
                 report.when == "call" or (report.when == "setup" and report.outcome != "passed")):
             counts[report.outcome] += 1
 
