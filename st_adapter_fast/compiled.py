@@ -4,8 +4,6 @@ Importing `_C` registers torch.ops.st_adapter_fast.temporal_conv_act[_out] and
 temporal_conv_act_backward[_out] (CPU, CUDA when built with it, and Meta). The package works without
 the extension: `unavailable_reason()` says why a backend cannot run, and ops.py falls back or raises.
 """
-import functools
-
 import torch
 
 from .fused import ConvKernels
@@ -15,8 +13,7 @@ CUDA_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 MAX_KERNEL_T = 7
 
 
-@functools.lru_cache(maxsize=None)
-def _load():
+def _import_extension():
     """(module, None) or (None, why it could not be imported)."""
     try:
         from . import _C
@@ -24,6 +21,16 @@ def _load():
         return None, (f"the compiled extension st_adapter_fast._C is not available ({error}); reinstall with "
                       "`pip install --no-build-isolation -e .` (without ST_ADAPTER_FAST_NO_EXTENSION=1)")
     return _C, None
+
+
+# Imported once, here: importing registers torch.ops.st_adapter_fast.temporal_conv_act* on
+# `import st_adapter_fast`, and torch.compile then traces a plain global read (not a cached call).
+_EXTENSION = _import_extension()
+
+
+def _load():
+    """(module, None) or (None, why the extension could not be imported)."""
+    return _EXTENSION
 
 
 def extension_info():
@@ -71,4 +78,3 @@ class CompiledKernels(ConvKernels):
 
 
 COMPILED_KERNELS = CompiledKernels()
-_load()  # registers torch.ops.st_adapter_fast.temporal_conv_act* on `import st_adapter_fast`, where built
