@@ -15,9 +15,13 @@ def _available_backends(device):
     """(backend, dtypes) pairs that can run on `device` in this installation."""
     import torch
 
+    from .compiled import extension_info
     from .ops import HAS_TRITON, _interpreting
     low_precision = [torch.bfloat16, torch.float16] if device == "cuda" else [torch.bfloat16]
     backends = [("reference", [torch.float32] + low_precision)]
+    info = extension_info()
+    if info["available"] and (device == "cpu" or info["with_cuda"]):
+        backends.append((device, [torch.float32, torch.bfloat16, torch.float16]))
     if HAS_TRITON and (device == "cuda" or _interpreting()):
         backends.append(("triton", [torch.float32, torch.bfloat16, torch.float16]))
     return backends

@@ -9,5 +9,5 @@ from conftest import DEVICE
 def test_check_reports_every_backend(capsys):
     assert cli.main(["check", "--config", "small", "--device", DEVICE]) == 0
     out = capsys.readouterr().out
-    assert "reference" in out and "triton" in out
+    assert "reference" in out and "triton" in out and f"\n{DEVICE} " in out   # compiled backend rows
     assert "FAIL" not in out
