@@ -7,9 +7,9 @@ the extension: `unavailable_reason()` says why a backend cannot run, and ops.py 
 import torch
 
 from .fused import ConvKernels
+from .validation import temporal_kernel_reason
 
-CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-CUDA_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+KERNEL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)   # CPU and CUDA alike
 MAX_KERNEL_T = 7
 
 
@@ -48,14 +48,10 @@ def unavailable_reason(backend, x, compute_dtype, kernel_size):
         return "this build of st_adapter_fast._C has no CUDA kernels (no CUDA toolkit was found when it was built)"
     if x.device.type != backend:
         return f"backend={backend!r} runs on {backend} tensors, x is on {x.device}"
-    dtypes = CPU_DTYPES if backend == "cpu" else CUDA_DTYPES
-    if compute_dtype not in dtypes:
-        return f"dtype {compute_dtype} is not supported by the compiled kernels ({', '.join(map(str, dtypes))} are)"
-    kt, kh, kw = kernel_size
-    if (kh, kw) != (1, 1) or kt > MAX_KERNEL_T:
-        return (f"kernel_size {tuple(kernel_size)} is not temporal (kt, 1, 1) with kt <= {MAX_KERNEL_T}, "
-                "which is what the compiled kernels cover")
-    return None
+    if compute_dtype not in KERNEL_DTYPES:
+        return (f"dtype {compute_dtype} is not supported by the compiled kernels "
+                f"({', '.join(map(str, KERNEL_DTYPES))} are)")
+    return temporal_kernel_reason(kernel_size, MAX_KERNEL_T, "the compiled kernels")
 
 
 class CompiledKernels(ConvKernels):

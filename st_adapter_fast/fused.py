@@ -150,7 +150,7 @@ def adapter_backward(kernels, grad_y, x, h, fc1_weight, conv_weight, conv_bias, 
         grad_fc2_weight, grad_fc2_bias = grad_fc2[:, :Ca].contiguous(), grad_fc2[:, Ca].contiguous()
     else:
         grad_fc2_weight = grad_fc2
-        grad_fc2_bias = grad_y[:, P:].sum((0, 1), dtype=torch.float32 if dtype != torch.float64 else dtype).to(dtype)
+        grad_fc2_bias = grad_y[:, P:].sum((0, 1), dtype=torch.promote_types(dtype, torch.float32)).to(dtype)
     grad_fc1_weight = grad_h.view(-1, Ca).t() @ x.reshape(-1, channels).to(dtype)
     # Prefix rows of grad_h are zero, so over all L rows dx = g there, exactly.
     grad_x = _add_matmul(kernels, grad_y, grad_h.view(-1, Ca), fc1_weight, grad_y.dtype)

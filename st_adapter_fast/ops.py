@@ -16,7 +16,7 @@ from . import compiled
 from .activations import activation_op_name, check_activation
 from .fused import adapter_backward, adapter_forward
 from .reference import st_adapter_reference
-from .validation import check_adapter_inputs
+from .validation import check_adapter_inputs, temporal_kernel_reason
 
 BACKENDS = ("auto", "triton", "cuda", "cpu", "reference")
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -48,11 +48,7 @@ def _triton_unsupported_reason(x, compute_dtype, kernel_size):
         return f"x is on {x.device}; Triton kernels need a CUDA device (or TRITON_INTERPRET=1 on the CPU)"
     if compute_dtype not in TRITON_DTYPES:
         return f"dtype {compute_dtype} is not supported by the Triton kernels (float32, bfloat16, float16 are)"
-    kt, kh, kw = kernel_size
-    if (kh, kw) != (1, 1) or kt > MAX_TRITON_KERNEL_T:
-        return (f"kernel_size {tuple(kernel_size)} is not temporal (kt, 1, 1) with kt <= {MAX_TRITON_KERNEL_T}, "
-                "which is what the fused Triton kernels cover")
-    return None
+    return temporal_kernel_reason(kernel_size, MAX_TRITON_KERNEL_T, "the fused Triton kernels")
 
 
 def _compiled_backend_for(x):

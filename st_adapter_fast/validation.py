@@ -62,6 +62,16 @@ def check_kernel_size(kernel_size):
     return kernel_size
 
 
+def temporal_kernel_reason(kernel_size, max_kernel_t, kernels):
+    """Why `kernels` (a description, e.g. "the compiled kernels") cannot run `kernel_size`: only temporal
+    kernels (kt, 1, 1) with kt <= max_kernel_t; None if they can."""
+    kt, kh, kw = kernel_size
+    if (kh, kw) != (1, 1) or kt > max_kernel_t:
+        return (f"kernel_size {tuple(kernel_size)} is not temporal (kt, 1, 1) with kt <= {max_kernel_t}, "
+                f"which is what {kernels} cover")
+    return None
+
+
 def _check_tensor(name, t, shape):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
