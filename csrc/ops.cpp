@@ -46,6 +46,31 @@ void check_like_h(const at::Tensor& t, const at::Tensor& h, const char* name, co
 
 namespace {
 
+struct CheckedCall {
+  ConvShape shape;
+  Activation act;
+};
+
+// Every check of a forward call (real or Meta); `out` may be null (the functional op).
+CheckedCall check_forward_call(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
+                               int64_t num_frames, c10::string_view activation, const at::Tensor* out,
+                               const char* op) {
+  const ConvShape shape = check_conv_inputs(h, weight, bias, num_frames, op);
+  if (out) check_like_h(*out, h, "out", op);
+  return {shape, parse_activation(activation)};
+}
+
+// Every check of a backward call (real or Meta); grad_h and a may be null (the functional op).
+CheckedCall check_backward_call(const at::Tensor& grad_a, const at::Tensor& h, const at::Tensor& weight,
+                                const at::Tensor& bias, int64_t num_frames, c10::string_view activation,
+                                const at::Tensor* grad_h, const at::Tensor* a, const char* op) {
+  const ConvShape shape = check_conv_inputs(h, weight, bias, num_frames, op);
+  check_like_h(grad_a, h, "grad_a", op);
+  if (grad_h) check_like_h(*grad_h, h, "grad_h", op);
+  if (a) check_like_h(*a, h, "a", op);
+  return {shape, parse_activation(activation)};
+}
+
 void run_forward(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
                  const ConvShape& shape, Activation act) {
   if (h.numel() == 0) return;
@@ -79,29 +104,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reductions_meta(const at::Tensor&
 
 void temporal_conv_act_out(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
                            int64_t num_frames, c10::string_view activation, const at::Tensor& out) {
-  const char* op = "st_adapter_fast::temporal_conv_act_out";
-  const ConvShape shape = check_conv_inputs(h, weight, bias, num_frames, op);
-  check_like_h(out, h, "out", op);
-  run_forward(h, weight, bias, out, shape, parse_activation(activation));
+  const CheckedCall call =
+      check_forward_call(h, weight, bias, num_frames, activation, &out, "st_adapter_fast::temporal_conv_act_out");
+  run_forward(h, weight, bias, out, call.shape, call.act);
 }
 
 at::Tensor temporal_conv_act(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
                              int64_t num_frames, c10::string_view activation) {
-  const ConvShape shape = check_conv_inputs(h, weight, bias, num_frames, "st_adapter_fast::temporal_conv_act");
+  const CheckedCall call =
+      check_forward_call(h, weight, bias, num_frames, activation, nullptr, "st_adapter_fast::temporal_conv_act");
   at::Tensor out = at::empty(h.sizes(), h.options());
-  run_forward(h, weight, bias, out, shape, parse_activation(activation));
+  run_forward(h, weight, bias, out, call.shape, call.act);
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_conv_act_backward_out(
     const at::Tensor& grad_a, const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
     int64_t num_frames, c10::string_view activation, const at::Tensor& grad_h, const at::Tensor& a) {
-  const char* op = "st_adapter_fast::temporal_conv_act_backward_out";
-  const ConvShape shape = check_conv_inputs(h, weight, bias, num_frames, op);
-  check_like_h(grad_a, h, "grad_a", op);
-  check_like_h(grad_h, h, "grad_h", op);
-  check_like_h(a, h, "a", op);
-  const Activation act = parse_activation(activation);
+  const auto [shape, act] = check_backward_call(grad_a, h, weight, bias, num_frames, activation, &grad_h, &a,
+                                                "st_adapter_fast::temporal_conv_act_backward_out");
   const at::Tensor w = weight.contiguous(), b = bias.contiguous();
   at::Tensor sums;
   if (h.numel() == 0) {
@@ -133,36 +154,28 @@ namespace {
 
 at::Tensor temporal_conv_act_meta(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
                                   int64_t num_frames, c10::string_view activation) {
-  check_conv_inputs(h, weight, bias, num_frames, "st_adapter_fast::temporal_conv_act");
-  parse_activation(activation);
+  check_forward_call(h, weight, bias, num_frames, activation, nullptr, "st_adapter_fast::temporal_conv_act");
   return at::empty(h.sizes(), h.options());
 }
 
 void temporal_conv_act_out_meta(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
                                 int64_t num_frames, c10::string_view activation, const at::Tensor& out) {
-  check_conv_inputs(h, weight, bias, num_frames, "st_adapter_fast::temporal_conv_act_out");
-  check_like_h(out, h, "out", "st_adapter_fast::temporal_conv_act_out");
-  parse_activation(activation);
+  check_forward_call(h, weight, bias, num_frames, activation, &out, "st_adapter_fast::temporal_conv_act_out");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_conv_act_backward_out_meta(
     const at::Tensor& grad_a, const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
     int64_t num_frames, c10::string_view activation, const at::Tensor& grad_h, const at::Tensor& a) {
-  const char* op = "st_adapter_fast::temporal_conv_act_backward_out";
-  check_conv_inputs(h, weight, bias, num_frames, op);
-  check_like_h(grad_a, h, "grad_a", op);
-  check_like_h(grad_h, h, "grad_h", op);
-  check_like_h(a, h, "a", op);
-  parse_activation(activation);
+  check_backward_call(grad_a, h, weight, bias, num_frames, activation, &grad_h, &a,
+                      "st_adapter_fast::temporal_conv_act_backward_out");
   return reductions_meta(weight);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> temporal_conv_act_backward_meta(
     const at::Tensor& grad_a, const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
     int64_t num_frames, c10::string_view activation) {
-  check_conv_inputs(h, weight, bias, num_frames, "st_adapter_fast::temporal_conv_act_backward");
-  check_like_h(grad_a, h, "grad_a", "st_adapter_fast::temporal_conv_act_backward");
-  parse_activation(activation);
+  check_backward_call(grad_a, h, weight, bias, num_frames, activation, nullptr, nullptr,
+                      "st_adapter_fast::temporal_conv_act_backward");
   auto [grad_weight, grad_bias, grad_h_sum] = reductions_meta(weight);
   return {at::empty(h.sizes(), h.options()), at::empty(h.sizes(), h.options()), grad_weight, grad_bias, grad_h_sum};
 }
