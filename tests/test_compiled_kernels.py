@@ -9,9 +9,9 @@ import torch
 
 import st_adapter_fast as saf
 from st_adapter_fast.compiled import extension_info
-from st_adapter_fast.parity import forward_backward, random_inputs
+from st_adapter_fast.parity import random_inputs
 from conftest import DEVICE
-from parity_checks import C, CA, check_parity
+from parity_checks import C, CA, check_backward_deterministic, check_parity, check_strided_inputs
 
 pytestmark = pytest.mark.compiled
 
@@ -67,23 +67,12 @@ def test_channel_sizes(channels, adapter_channels, dtype, backend, device, poiso
 
 @pytest.mark.parametrize("backend, device", BACKENDS)
 def test_strided_and_non_contiguous_inputs(backend, device):
-    x, params = random_inputs(2, 3, 17, C, CA, (3, 1, 1), device=device)
-    x, params = x.float(), [p.float() for p in params]
-    wide = torch.randn(6, 17, C + 8, device=device)
-    wide[..., 3:3 + C] = x
-    expected = saf.st_adapter(x, 3, *params, backend=backend)
-    for view in (wide[..., 3:3 + C], x.transpose(0, 1).contiguous().transpose(0, 1)):
-        torch.testing.assert_close(saf.st_adapter(view, 3, *params, backend=backend), expected)
+    check_strided_inputs(backend, device)
 
 
 @pytest.mark.parametrize("backend, device", BACKENDS)
 def test_backward_is_deterministic(backend, device):
-    x, params = random_inputs(4, 8, 37, C, CA, (3, 1, 1), device=device)
-    grad_y = torch.randn(x.shape, dtype=torch.float64).to(device)
-    runs = [forward_backward(lambda x_, *p: saf.st_adapter(x_, 8, *p, backend=backend), x, params, grad_y,
-                             torch.float32)[1] for _ in range(2)]
-    for first, second in zip(*runs):
-        assert torch.equal(first, second)
+    check_backward_deterministic(backend, device, num_tokens=37)
 
 
 def test_cpu_kernel_reductions_do_not_depend_on_the_thread_count():

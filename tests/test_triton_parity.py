@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import st_adapter_fast as saf
-from st_adapter_fast.parity import TOLERANCE, forward_backward, parity_errors, random_inputs, rel_err
+from st_adapter_fast.parity import TOLERANCE, parity_errors, random_inputs, rel_err
 from conftest import DEVICE
-from parity_checks import C, CA, check_parity
+from parity_checks import C, CA, check_backward_deterministic, check_parity, check_strided_inputs
 from st_adapter_fast.measure import saved_activation_bytes
 
 pytestmark = pytest.mark.triton
@@ -52,16 +52,7 @@ def test_channel_sizes(channels, adapter_channels, poison_empty):
 
 def test_strided_input_matches_contiguous(monkeypatch):
     monkeypatch.setattr(saf.ops, "_warned", set())
-    x, params = random_inputs(2, 3, 17, C, CA, (3, 1, 1), device=DEVICE)
-    x, params = x.float(), [p.float() for p in params]
-    wide = torch.randn(6, 17, C + 8, device=DEVICE)
-    wide[..., 3:3 + C] = x
-    sliced = wide[..., 3:3 + C]                     # row stride C + 8, last stride 1
-    transposed = x.transpose(0, 1).contiguous().transpose(0, 1)   # frame stride not the largest
-    expected = saf.st_adapter(x, 3, *params, backend="triton")
-    for view in (sliced, transposed):
-        assert not view.is_contiguous()
-        torch.testing.assert_close(saf.st_adapter(view, 3, *params, backend="triton"), expected)
+    x, params, expected = check_strided_inputs("triton")
     channels_strided = x.transpose(1, 2).contiguous().transpose(1, 2)   # last stride != 1: copied, with a warning
     with pytest.warns(UserWarning, match="contiguous copy"):
         torch.testing.assert_close(saf.st_adapter(channels_strided, 3, *params, backend="triton"), expected)
@@ -85,12 +76,7 @@ def test_input_is_not_written():
 
 
 def test_backward_is_deterministic():
-    x, params = random_inputs(4, 8, 17, C, CA, (3, 1, 1), device=DEVICE)
-    grad_y = torch.randn(x.shape, dtype=torch.float64).to(DEVICE)
-    runs = [forward_backward(lambda x_, *p: saf.st_adapter(x_, 8, *p, backend="triton"), x, params, grad_y,
-                             torch.float32)[1] for _ in range(2)]
-    for first, second in zip(*runs):
-        assert torch.equal(first, second)
+    check_backward_deterministic("triton")
 
 
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
