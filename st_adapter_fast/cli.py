@@ -67,6 +67,8 @@ def train_command(args):
     result = train(TrainConfig.from_dict(config_values_from_args(args), source=args.config or "flags"))
     if int(os.environ.get("RANK", 0)) == 0:
         print(result["parameters"])
+        print(f"backbone computed in {result['backbone_compute_dtype']} (the dtype its Linear layers' outputs "
+              "had on the first step)")
         print(f"final eval: {result['metrics']}" if result["metrics"] else "no final eval (no val_list, or stopped early)")
     return 0
 

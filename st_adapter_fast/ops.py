@@ -215,9 +215,10 @@ def _save_for_backward(ctx, inputs, h, x_low):
 
 
 def _gradients(ctx, grad_y, backward_fn):
-    if not ctx.saved_tensors:
+    saved = ctx.saved_tensors   # read once: activation checkpointing allows one unpacking per backward
+    if not saved:
         raise RuntimeError("st_adapter_fast: backward through an adapter call made without gradients enabled")
-    return (*backward_fn(grad_y, *ctx.saved_tensors, *ctx.config), None, None, None, None, None)
+    return (*backward_fn(grad_y, *saved, *ctx.config), None, None, None, None, None)
 
 
 def _setup_context(ctx, inputs, output):

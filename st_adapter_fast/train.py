@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .checkpoint import _trainable
 from .data import ResumableSampler, SkipCounter, VideoDataset, collate_clips
+from .measure import compute_dtype_name, linear_compute_dtypes
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -63,6 +64,12 @@ class TrainConfig:
     adapter_layers: typing.List[int] = field(default=None, metadata=dict(
         help="block indices that get adapters; default: all"))
     activation: str = field(default="gelu", metadata=dict(help="gelu, quick_gelu or none"))
+    pooling: str = field(default="mean_then_norm", metadata=dict(
+        help="mean_then_norm (the authors': pooled token averaged over time, then the final norm) or "
+             "norm_then_mean (per-frame normed features averaged)"))
+    authors_checkpoint: str = field(default=None, metadata=dict(
+        help="local file of the authors' released video model (adapters, backbone, head) to start from; "
+             "needs a QuickGELU CLIP model, activation none and pooling mean_then_norm"))
     backend: str = field(default="auto", metadata=dict(help="adapter backend (auto, triton, reference)"))
     linear_probe: bool = field(default=False, metadata=dict(
         help="train the head only: adapters stay at their identity init (a plain frozen image model)"))
@@ -75,6 +82,12 @@ class TrainConfig:
     lr: float = field(default=3e-4, metadata=dict(help="peak learning rate"))
     weight_decay: float = field(default=0.05, metadata=dict(help="AdamW weight decay (not on biases)"))
     amp: str = field(default="none", metadata=dict(help="autocast dtype: none, bf16 or fp16"))
+    backbone_fp32: bool = field(default=False, metadata=dict(
+        help="keep the frozen backbone's weights in fp32 under --amp (default: in the amp dtype, as the "
+             "authors keep theirs in fp16)"))
+    grad_checkpointing: bool = field(default=False, metadata=dict(
+        help="recompute each backbone block in backward instead of keeping its activations (less memory, "
+             "more time)"))
     seed: int = field(default=0, metadata=dict(help="seed of init, data order and augmentation"))
     device: str = field(default=None, metadata=dict(help="cpu or cuda; default: cuda if available"))
     # bookkeeping
@@ -93,6 +106,12 @@ class TrainConfig:
         for name in ("num_frames", "input_size", "batch_size", "accum_steps", "steps", "eval_views"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        from .integrations.timm import AUTHORS_POOLING, POOLINGS
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.authors_checkpoint and self.pooling != AUTHORS_POOLING:
+            raise ValueError(f"authors_checkpoint needs pooling {AUTHORS_POOLING!r} (the authors' order), got "
+                             f"{self.pooling!r}")
 
     @classmethod
     def from_dict(cls, values, source="config"):
@@ -180,17 +199,26 @@ def _all_reduce_sum(values, device, world_size):
 # ---------------------------------------------------------------------------------------- model, optimizer
 
 
+_AMP_DTYPES = dict(bf16=torch.bfloat16, fp16=torch.float16)
+
+
 def build_model(config):
-    """The VideoClassifier of `config`, initialised from `config.seed` (the same on every rank)."""
-    from .integrations.timm import build_video_classifier
+    """The VideoClassifier of `config`, initialised from `config.seed` (the same on every rank). Under
+    `amp` the frozen backbone's weights are kept in the amp dtype unless `backbone_fp32`."""
+    from .integrations.timm import build_video_classifier, load_authors_checkpoint
     torch.manual_seed(config.seed)
     model = build_video_classifier(
         config.model, config.num_classes, num_frames=config.num_frames,
         checkpoint_path=config.backbone_checkpoint, dropout=config.dropout,
+        backbone_dtype=None if config.backbone_fp32 else _AMP_DTYPES.get(config.amp), pooling=config.pooling,
         model_kwargs=dict(dict(img_size=config.input_size), **config.model_kwargs),
         adapter_channels=config.adapter_channels, kernel_size=tuple(config.kernel_size),
         placement=tuple(config.placement), layers=config.adapter_layers,
         activation=None if config.activation == "none" else config.activation, backend=config.backend)
+    if config.authors_checkpoint:
+        load_authors_checkpoint(model, config.authors_checkpoint)
+    if config.grad_checkpointing:
+        model.backbone.set_grad_checkpointing(True)
     if config.linear_probe:
         for name, p in model.named_parameters():
             if ".st_adapter_" in name:
@@ -216,7 +244,7 @@ def build_optimizer(model, config):
 
 
 def _autocast(config, device):
-    dtype = dict(bf16=torch.bfloat16, fp16=torch.float16).get(config.amp)
+    dtype = _AMP_DTYPES.get(config.amp)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
@@ -430,8 +458,12 @@ def train(config):
     last = min(config.steps, config.stop_at or config.steps)
     bar = tqdm(total=config.steps, initial=position["step"], desc="train", unit="step",
                disable=rank != 0 or not config.progress)
+    backbone_dtype = None   # what the backbone's Linear layers computed in, seen by hooks on the first step
     while position["step"] < last:
-        loss, correct, clips = train_step(trained, batches, optimizer, scheduler, scaler, config, device, skips)
+        with linear_compute_dtypes(model.backbone) if backbone_dtype is None else contextlib.nullcontext() as seen:
+            loss, correct, clips = train_step(trained, batches, optimizer, scheduler, scaler, config, device, skips)
+        if backbone_dtype is None:
+            backbone_dtype = log.backbone_compute_dtype = compute_dtype_name(seen)
         position["step"] += 1
         step = position["step"]
         window.update(loss=window["loss"] + loss, correct=window["correct"] + correct,
@@ -447,7 +479,7 @@ def train(config):
             log.write(dict(step=step, **evaluate(model, config, device, rank, world_size)))
     bar.close()
     result = dict(history=log.history, metrics=None, parameters=parameter_report(model), model=model,
-                  skipped_train_videos=len(skips))
+                  skipped_train_videos=len(skips), backbone_compute_dtype=backbone_dtype)
     if position["step"] == config.steps:
         result["metrics"] = _finish(model, config, device, rank, world_size, log, save_adapters)
     result["wall_time_s"] = time.perf_counter() - started
@@ -475,6 +507,7 @@ class _Log:
 
     def __init__(self, path, enabled):
         self.path, self.enabled, self.history = path, enabled, []
+        self.backbone_compute_dtype = None   # reported once, in the next training record
 
     def write(self, record):
         if not self.enabled:
@@ -485,9 +518,12 @@ class _Log:
 
     def write_train(self, step, window, lr, skipped):
         seconds = time.perf_counter() - window["time"]
-        self.write(dict(step=step, loss=window["loss"] / window["steps"], lr=lr,
-                        train_acc=100.0 * window["correct"] / max(window["clips"], 1),
-                        clips_per_s=window["clips"] / max(seconds, 1e-9), skipped_videos=skipped))
+        record = dict(step=step, loss=window["loss"] / window["steps"], lr=lr,
+                      train_acc=100.0 * window["correct"] / max(window["clips"], 1),
+                      clips_per_s=window["clips"] / max(seconds, 1e-9), skipped_videos=skipped)
+        if self.backbone_compute_dtype is not None:
+            record["backbone_compute_dtype"], self.backbone_compute_dtype = self.backbone_compute_dtype, None
+        self.write(record)
 
 
 def evaluate_adapters(adapters_dir, overrides=None):

@@ -115,7 +115,10 @@ def test_ddp_on_two_processes_matches_one_process_on_the_global_batch(data, tmp_
             torch.testing.assert_close(rank["gradients"][name], expected, rtol=1e-5, atol=1e-7)
     for name, expected in trainable_state(result["model"]).items():
         assert torch.equal(ranks[0]["trained"][name], ranks[1]["trained"][name])
-        torch.testing.assert_close(ranks[0]["trained"][name], expected, rtol=1e-4, atol=1e-6)
+        # AdamW divides each gradient by its own running magnitude: an element whose gradient is near zero
+        # (a cancellation, where DDP's and one process's summation orders differ most) moves by up to lr
+        # either way. 1e-4 is 1% of one step of lr=1e-2.
+        torch.testing.assert_close(ranks[0]["trained"][name], expected, rtol=1e-4, atol=1e-4)
     with open(tmp_path / "ddp-run" / "metrics.json") as f:
         assert json.load(f) == result["metrics"] and result["metrics"]["videos"] == 4
 
@@ -180,3 +183,42 @@ def test_demo_runs_end_to_end_on_a_tiny_config(tmp_path):
     assert results["models"]["st_adapters"]["trainable_params"] > 192 * 2 + 2
     assert results["loader_clips_per_s"]["0_workers"] > 0
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_amp_bf16_run_computes_the_whole_backbone_in_bf16(data, tmp_path, monkeypatch):
+    """Counted by our own hooks on every backbone Linear over the whole run, and reported by train()."""
+    import collections
+
+    from st_adapter_fast import train as train_module
+    from st_adapter_fast.measure import _backbone_linears
+    seen = collections.Counter()
+    real_build_model = train_module.build_model
+
+    def build_and_watch(config):
+        model = real_build_model(config)
+        for linear in _backbone_linears(model.backbone):
+            linear.register_forward_hook(lambda m, args, out: seen.update([out.dtype]))
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", build_and_watch)
+    result = train(tiny_config(data, tmp_path / "bf16", amp="bf16", steps=2, val_list=None))
+    assert set(seen) == {torch.bfloat16} and sum(seen.values()) == 2 * 4   # steps x Linears (one block)
+    assert result["backbone_compute_dtype"] == "bfloat16"
+    assert result["history"][0]["backbone_compute_dtype"] == "bfloat16"
+    assert result["model"].backbone.blocks[0].attn.qkv.weight.dtype == torch.bfloat16   # frozen weights kept in bf16
+    assert result["model"].head.weight.dtype == torch.float32
+
+    kept_fp32 = train(tiny_config(data, tmp_path / "fp32-weights", amp="bf16", backbone_fp32=True, steps=1,
+                                  val_list=None))
+    assert kept_fp32["model"].backbone.blocks[0].attn.qkv.weight.dtype == torch.float32
+    assert kept_fp32["backbone_compute_dtype"] == "bfloat16"    # autocast still computes in bf16
+    assert train(tiny_config(data, tmp_path / "fp32", steps=1, val_list=None))["backbone_compute_dtype"] == "float32"
+
+
+def test_grad_checkpointing_run_matches_the_plain_run(data, tmp_path):
+    plain = train(tiny_config(data, tmp_path / "plain", steps=2, val_list=None, dropout=0.0))
+    checkpointed = train(tiny_config(data, tmp_path / "ckpt", steps=2, val_list=None, dropout=0.0,
+                                     grad_checkpointing=True))
+    assert checkpointed["model"].backbone.grad_checkpointing
+    losses = lambda run: [r["loss"] for r in run["history"]]
+    assert losses(checkpointed) == pytest.approx(losses(plain), rel=1e-6)

@@ -5,31 +5,33 @@ as the authors' ResidualAttentionBlock does, without replacing any timm code: th
 modules of the blocks (`blocks.{i}.st_adapter_attn` / `st_adapter_mlp`) applied through module hooks.
 
 - before attention: a forward pre-hook on the block replaces its input x by adapter(x).
-- before the MLP: a pre-hook on `norm2` feeds it x' = adapter(x) and keeps d = x' - x; a hook on
-  `drop_path2` (the end of the MLP branch) adds d to the branch, so the block returns x' + mlp(norm2(x')).
+- before the MLP: a pre-hook on the block keeps its input x; a hook on `drop_path1` (the end of the
+  attention branch b) returns adapter(x + b) - x, so the block's residual add gives x' = adapter(x + b)
+  and the block returns x' + mlp(norm2(x')).
 
 The frame count is a per-model setting (`set_num_frames`), read by that model's adapters only.
+`VideoClassifier` turns an adapted backbone into the authors' video model.
 """
-import threading
+import contextlib
+import os
+import warnings
 
 import torch
 from torch import nn
 
 from ..module import STAdapter
+from ..validation import check_kernel_size
 
 PLACEMENTS = ("attn", "mlp")
 
 
-class _Frames(threading.local):
-    """Frames per clip for one adapted model: shared by its adapters, never by two models, and
-    thread-local (each thread starts from the value given at add_st_adapters)."""
+class _Frames:
+    """Frames per clip for one adapted model, shared by its adapters and never by two models. One value
+    for every thread: autograd's worker threads recompute checkpointed blocks with the value that the
+    forward set (a thread-local value would give them the initial one)."""
 
     def __init__(self, num_frames):
-        self.initial = num_frames
         self.num_frames = num_frames
-
-    def __reduce__(self):  # copies and pickles start again from the initial value
-        return _Frames, (self.initial,)
 
 
 def _layer_indices(num_blocks, layers):
@@ -58,31 +60,36 @@ class _PreAttnHook:
 
 
 class _PreMlpHooks:
-    """Pre-hook of norm2 (feeds it x' = adapter(x), keeps d = x' - x) and hook of drop_path2 (adds d to
-    the MLP branch), so that the block returns x' + mlp(norm2(x'))."""
+    """The adapter between a block's attention and MLP branches, through two hooks: a forward pre-hook
+    of the block keeps its input x, and a hook of `drop_path1` (the end of the attention branch b)
+    returns adapter(x + b) - x, so that the block's own residual add gives adapter(x + b), which the MLP
+    branch and its residual then see.
+
+    The kept x is used up inside the same block call, before any tensor of the MLP branch is saved, so
+    activation checkpointing's recomputation (which may stop right after the last saved tensor) always
+    finds it and never leaves it behind."""
 
     def __init__(self, block, frames):
-        self.block, self.frames, self.pending = block, frames, []
+        self.block, self.frames, self.inputs = block, frames, []
 
-    def before_norm2(self, norm2, args):
-        x = args[0]
-        adapted = self.block.st_adapter_mlp(x, self.frames.num_frames)
-        self.pending.append(adapted - x)
-        return (adapted, *args[1:])
+    def keep_block_input(self, block, args, kwargs):
+        self.inputs.append(args[0])
 
-    def after_mlp_branch(self, drop_path2, args, output):
-        return output + self.pending.pop()
+    def adapt_attention_output(self, drop_path1, args, branch):
+        x = self.inputs.pop()
+        return self.block.st_adapter_mlp(x + branch, self.frames.num_frames) - x
 
 
 def _attach_pre_attn(block, adapter, frames):
     block.st_adapter_attn = adapter
-    return [block.register_forward_pre_hook(_PreAttnHook(frames), with_kwargs=True)]
+    # prepend: runs before the pre-MLP adapter's hook, which must see the block input after this adapter
+    return [block.register_forward_pre_hook(_PreAttnHook(frames), with_kwargs=True, prepend=True)]
 
 
 def _check_supports_pre_mlp(block):
     from timm.models.vision_transformer import Block
-    # The hooks rely on Block's order x + drop_path2(ls2(mlp(norm2(x)))); post-norm or parallel blocks
-    # order their modules differently and would be adapted at the wrong place.
+    # The hooks rely on Block's order x = x + drop_path1(ls1(attn(norm1(x)))); x = x + drop_path2(...):
+    # post-norm or parallel blocks order their modules differently and would be adapted at the wrong place.
     if not isinstance(block, Block):
         raise TypeError(f"placement 'mlp' supports timm's pre-norm vision_transformer.Block, not "
                         f"{type(block).__name__}; placement 'attn' works with any block")
@@ -91,8 +98,8 @@ def _check_supports_pre_mlp(block):
 def _attach_pre_mlp(block, adapter, frames):
     block.st_adapter_mlp = adapter
     hooks = _PreMlpHooks(block, frames)
-    return [block.norm2.register_forward_pre_hook(hooks.before_norm2),
-            block.drop_path2.register_forward_hook(hooks.after_mlp_branch)]
+    return [block.register_forward_pre_hook(hooks.keep_block_input, with_kwargs=True),
+            block.drop_path1.register_forward_hook(hooks.adapt_attention_output)]
 
 
 def add_st_adapters(model, adapter_channels=384, kernel_size=(3, 1, 1), placement=("mlp",), layers=None, *,
@@ -124,6 +131,7 @@ def add_st_adapters(model, adapter_channels=384, kernel_size=(3, 1, 1), placemen
     if "mlp" in placement:
         for i in indices:
             _check_supports_pre_mlp(model.blocks[i])
+    kernel_size = check_kernel_size(kernel_size)
     frames = _Frames(num_frames)
     if freeze:
         model.requires_grad_(False)
@@ -136,7 +144,7 @@ def add_st_adapters(model, adapter_channels=384, kernel_size=(3, 1, 1), placemen
                                 backend=backend).to(device)
             attach = _attach_pre_attn if where == "attn" else _attach_pre_mlp
             handles += attach(model.blocks[i], adapter, frames)
-    model.st_adapter_config = dict(adapter_channels=adapter_channels, kernel_size=list(adapter.conv.kernel_size),
+    model.st_adapter_config = dict(adapter_channels=adapter_channels, kernel_size=list(kernel_size),
                                    placement=list(placement), layers=indices, activation=activation,
                                    num_prefix_tokens=model.num_prefix_tokens, embed_dim=model.embed_dim,
                                    num_blocks=len(model.blocks))
@@ -170,57 +178,116 @@ def adapter_config(model):
     return _adapted_attribute(model, "st_adapter_config")
 
 
+POOLINGS = ("mean_then_norm", "norm_then_mean")
+AUTHORS_POOLING = "mean_then_norm"
+
+
+def _tokens_before_final_norm(backbone, images):
+    """The last block's output tokens (prefix tokens first), before the backbone's final norm."""
+    last = backbone.forward_intermediates(images, indices=1, norm=False, output_fmt="NLC",
+                                          intermediates_only=True, return_prefix_tokens=True)[-1]
+    if isinstance(last, (tuple, list)):   # (patch tokens, prefix tokens) when the model has prefix tokens
+        patches, prefix = last
+        return torch.cat([prefix, patches], dim=1)
+    return last
+
+
+def _backbone_autocast(device_type, dtype):
+    """Autocast to `dtype` for a backbone whose frozen weights are kept in it, unless the caller's
+    autocast is already on (it then applies unchanged: never switched off, never overridden)."""
+    if dtype is None or not torch.amp.is_autocast_available(device_type) or torch.is_autocast_enabled(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype)
+
+
 class VideoClassifier(nn.Module):
-    """Video (B, 3, T, H, W) -> logits, as the authors' model: every frame through the (adapted, frozen)
-    image backbone, its pre-logits features (class token after the final norm) averaged over time,
-    dropout, a linear head. Only adapters and head train.
+    """Video (B, 3, T, H, W) -> logits, as the authors' video model: every frame through the (adapted,
+    frozen) image backbone, the pooled token of each frame (the class token for CLIP ViTs) averaged over
+    time, the backbone's final norm, dropout, a linear head. Only adapters and head train.
 
     Args:
         backbone: a timm VisionTransformer with adapters (`add_st_adapters`).
         num_classes: classes of the video task.
         dropout: before the head (the authors use 0.5).
         backbone_dtype: e.g. torch.float16 / torch.bfloat16 to keep the frozen backbone weights in low
-            precision (adapters and head stay fp32), as the authors do; the backbone then runs under
-            torch.autocast in that dtype.
+            precision (adapters and head stay fp32), as the authors keep theirs in fp16. The backbone then
+            runs under torch.autocast in that dtype, unless the caller's own autocast is on, which is
+            always honoured (never switched off inside).
+        pooling: "mean_then_norm" (the authors': each frame's pooled token before the final norm, averaged
+            over time, then the final norm) or "norm_then_mean" (each frame's normed features, the
+            backbone's usual image features, averaged over time). The final norm is not linear, so the two
+            give different models; loading the authors' checkpoint needs theirs.
     """
 
-    def __init__(self, backbone, num_classes, dropout=0.5, backbone_dtype=None):
+    def __init__(self, backbone, num_classes, dropout=0.5, backbone_dtype=None, pooling=AUTHORS_POOLING):
         super().__init__()
         if getattr(backbone, "st_adapter_config", None) is None:
             raise ValueError("backbone has no ST-Adapters: call add_st_adapters(backbone, ...) first")
+        _check_pooling(backbone, pooling)
         self.backbone = backbone
         if hasattr(backbone, "reset_classifier"):
             backbone.reset_classifier(0)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(backbone.num_features, num_classes)
         self.backbone_dtype = backbone_dtype
+        self.pooling = pooling
         if backbone_dtype is not None:
             for name, p in backbone.named_parameters():
                 if ".st_adapter_" not in name:
                     p.data = p.data.to(backbone_dtype)
 
     def forward(self, video):
+        """Logits (B, num_classes) of a video batch (B, 3, T, H, W)."""
         if video.dim() != 5:
             raise ValueError(f"video must have shape (B, 3, T, H, W), got {tuple(video.shape)}")
         clips, channels, frames, height, width = video.shape
         set_num_frames(self.backbone, frames)
         images = video.transpose(1, 2).reshape(clips * frames, channels, height, width)
-        with torch.autocast(video.device.type, dtype=self.backbone_dtype, enabled=self.backbone_dtype is not None):
-            features = self.backbone.forward_head(self.backbone.forward_features(images), pre_logits=True)
-        return self.head(self.dropout(features.float().reshape(clips, frames, -1).mean(1)))
+        with _backbone_autocast(video.device.type, self.backbone_dtype):
+            features = self._video_features(images, clips, frames)
+        return self.head(self.dropout(features))
+
+    def _video_features(self, images, clips, frames):
+        backbone = self.backbone
+        if self.pooling == "norm_then_mean":
+            per_frame = backbone.forward_head(backbone.forward_features(images), pre_logits=True)
+            return per_frame.float().reshape(clips, frames, -1).mean(1)
+        pooled = backbone.pool(_tokens_before_final_norm(backbone, images))
+        # averaged in fp32, normed in the tokens' dtype (the norm's weights may be in backbone_dtype)
+        pooled = pooled.float().reshape(clips, frames, -1).mean(1).to(pooled.dtype)
+        return backbone.head_drop(backbone.fc_norm(backbone.norm(pooled))).float()
+
+    def extra_repr(self):
+        return f"pooling={self.pooling!r}, backbone_dtype={self.backbone_dtype}"
+
+
+def _check_pooling(backbone, pooling):
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    needs = ("forward_intermediates", "pool", "norm", "fc_norm", "head_drop") if pooling == "mean_then_norm" else (
+        "forward_features", "forward_head")
+    missing = [name for name in needs if not hasattr(backbone, name)]
+    if missing:
+        raise TypeError(f"pooling={pooling!r} needs a timm VisionTransformer (timm >= 1.0) with "
+                        f"{', '.join(missing)}; {type(backbone).__name__} has not")
 
 
 def build_video_classifier(model_name, num_classes, *, num_frames=8, checkpoint_path=None, dropout=0.5,
-                           backbone_dtype=None, model_kwargs=None, **adapter_kwargs):
+                           backbone_dtype=None, pooling=AUTHORS_POOLING, model_kwargs=None, **adapter_kwargs):
     """A VideoClassifier from a timm model name: random init (pretrained=False) or the weights of a local
     checkpoint file (no network access). `model_kwargs` go to timm.create_model (e.g. img_size),
-    `adapter_kwargs` to `add_st_adapters`."""
+    `adapter_kwargs` to `add_st_adapters`; `dropout`, `backbone_dtype` and `pooling` to VideoClassifier.
+
+    The authors' models: `vit_base_patch16_clip_quickgelu_224` (or `vit_large_patch14_clip_quickgelu_224`),
+    OpenAI CLIP's architecture with its QuickGELU MLPs, `adapter_channels=384`, `activation=None`,
+    `placement=("mlp",)` (their Kinetics-400 model) or `("attn", "mlp")` (Something-Something v2).
+    The `*_clip_224` models without "quickgelu" use GELU: a different network from OpenAI's CLIP."""
     import timm
     backbone = timm.create_model(model_name, pretrained=False, **dict(model_kwargs or {}, num_classes=0))
     if checkpoint_path is not None:
         _load_backbone_checkpoint(backbone, checkpoint_path)
     add_st_adapters(backbone, num_frames=num_frames, **adapter_kwargs)
-    return VideoClassifier(backbone, num_classes, dropout=dropout, backbone_dtype=backbone_dtype)
+    return VideoClassifier(backbone, num_classes, dropout=dropout, backbone_dtype=backbone_dtype, pooling=pooling)
 
 
 def _load_backbone_checkpoint(backbone, path):
@@ -261,8 +328,63 @@ def convert_authors_state_dict(state_dict, prefix=""):
     return out
 
 
-def load_authors_checkpoint(classifier, state_dict, prefix=""):
-    """Load a state_dict of the authors' released video ViT into `classifier` (a VideoClassifier whose
-    backbone is a timm CLIP ViT with the same adapters, `activation=None`), strictly."""
+def _authors_architecture_problems(classifier):
+    """What differs between `classifier` and the authors' video ViT that their weights were trained in."""
+    from timm.layers.activations import QuickGELU
+    backbone = classifier.backbone
+    problems = []
+    acts = [getattr(getattr(block, "mlp", None), "act", None) for block in backbone.blocks]
+    if not all(isinstance(act, QuickGELU) for act in acts):
+        problems.append(f"the backbone's MLPs use {sorted({type(act).__name__ for act in acts})}, OpenAI CLIP's use QuickGELU (build it from "
+                        "vit_base_patch16_clip_quickgelu_224 or vit_large_patch14_clip_quickgelu_224)")
+    activation = adapter_config(classifier)["activation"]
+    if activation is not None:
+        problems.append(f"the adapters use activation={activation!r}, the authors' release uses none "
+                        "(activation=None)")
+    return problems
+
+
+def read_state_dict(path):
+    """The tensors of a local .safetensors or torch checkpoint file (torch files are read with
+    weights_only=True: nothing is unpickled but tensors and plain containers). A {"model": ...} or
+    {"state_dict": ...} wrapper and a DistributedDataParallel "module." prefix are taken off."""
+    path = os.fspath(path)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a state dict of tensors")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_authors_checkpoint(classifier, state_dict, prefix="", strict_architecture=True):
+    """Load the authors' released video ViT (a state dict, or the path of a local checkpoint file, see
+    `read_state_dict`) into `classifier`, strictly: a VideoClassifier whose backbone is a timm CLIP ViT with
+    QuickGELU MLPs and the same adapters, `activation=None`.
+
+    Their model averages the class token over time before the final norm, so `classifier.pooling` is set
+    to "mean_then_norm" (with a warning if it was not). A GELU backbone or adapters with an activation
+    compute a different function from the one their accuracy was published for: ValueError, or only a
+    warning with `strict_architecture=False`."""
+    if isinstance(state_dict, (str, os.PathLike)):
+        state_dict = read_state_dict(state_dict)
+    problems = _authors_architecture_problems(classifier)
+    if problems:
+        message = "this classifier is not the authors' model: " + "; ".join(problems)
+        if strict_architecture:
+            raise ValueError(message + " (strict_architecture=False loads anyway)")
+        warnings.warn(message, stacklevel=2)
     classifier.load_state_dict(convert_authors_state_dict(state_dict, prefix), strict=True)
+    if classifier.pooling != AUTHORS_POOLING:
+        warnings.warn(f"load_authors_checkpoint: pooling set to {AUTHORS_POOLING!r} (was {classifier.pooling!r}), "
+                      "the authors' order", stacklevel=2)
+        _check_pooling(classifier.backbone, AUTHORS_POOLING)
+        classifier.pooling = AUTHORS_POOLING
     return classifier
