@@ -1,6 +1,8 @@
 // CUDA kernels. One thread owns VEC adjacent channels of one token of one clip and streams over the
 // clip's T frames, holding the kt-frame window of h (and, backward, of the activation's gradient) in
-// registers: each element of h and grad_a is read once, with 16-byte loads where alignment allows.
+// registers: each element of h and grad_a is read once, with 16-byte loads where alignment allows. The
+// next frame's loads are issued before the current frame's arithmetic, so that they are in flight while
+// it runs (a thread has little else to hide memory latency with: the backward needs ~160 registers).
 // Block: (channel vectors) x (tokens); grid: (channel blocks, token blocks, clips).
 #include "temporal_conv.h"
 
@@ -11,10 +13,20 @@
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <cstdlib>
+
 namespace st_adapter_fast {
 namespace {
 
-constexpr int kThreadsPerBlock = 256;
+// Threads per block; ST_ADAPTER_FAST_CUDA_{FWD,BWD}_THREADS override them (benchmarks/cuda_kernel_sweep.py).
+constexpr int kForwardThreads = 256;
+constexpr int kBackwardThreads = 256;
+
+int threads_per_block(const char* variable, int fallback) {
+  const char* value = std::getenv(variable);
+  const int threads = value ? std::atoi(value) : fallback;
+  return threads >= 32 && threads <= 1024 ? threads : fallback;
+}
 
 template <typename scalar_t, int VEC>
 struct alignas(sizeof(scalar_t) * VEC) Pack {
@@ -40,6 +52,12 @@ template <int VEC, typename acc_t>
 __device__ __forceinline__ void fill(acc_t (&v)[VEC], acc_t value) {
 #pragma unroll
   for (int i = 0; i < VEC; ++i) v[i] = value;
+}
+
+template <int VEC, typename acc_t>
+__device__ __forceinline__ void copy(const acc_t (&from)[VEC], acc_t (&to)[VEC]) {
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) to[i] = from[i];
 }
 
 struct Layout {  // strides of a (frames, N, Ca) tensor, in elements
@@ -100,11 +118,12 @@ __global__ void forward_kernel(const scalar_t* __restrict__ h, Layout h_layout, 
   constexpr int PAD = KT / 2;
   const Tile tile = this_thread<VEC>(num_tokens, channels, num_frames);
   if (!tile.valid) return;
-  acc_t taps[KT][VEC], b[VEC], window[KT][VEC];  // window[d] = h[t + d - PAD]
+  acc_t taps[KT][VEC], b[VEC], window[KT][VEC], h_next[VEC];  // window[d] = h[t + d - PAD]
   load_taps(weight, bias, tile.channel, taps, b);
 #pragma unroll
   for (int d = 0; d < KT; ++d) load_frame(h, h_layout, tile, d - PAD, num_frames, window[d]);
   for (int t = 0; t < num_frames; ++t) {
+    load_frame(h, h_layout, tile, t + 1 + PAD, num_frames, h_next);  // in flight during this frame's math
     acc_t value[VEC];
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
@@ -115,7 +134,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ h, Layout h_layout, 
     }
     store(out + (tile.first_frame + t) * out_layout.frame + tile.token * out_layout.token + tile.channel, value);
     shift_window(window);
-    load_frame(h, h_layout, tile, t + 1 + PAD, num_frames, window[KT - 1]);
+    copy(h_next, window[KT - 1]);
   }
 }
 
@@ -163,15 +182,20 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad_a, Layout grad
   fill(grad_bias, acc_t(0));
   fill(grad_h_sum, acc_t(0));
   if (tile.valid) {
+    acc_t ga_next[VEC], h_next[VEC];
     load_taps(weight, bias, tile.channel, taps, b);
 #pragma unroll
     for (int d = 0; d < KT; ++d) load_frame(h, h_layout, tile, d - PAD, num_frames, window[d]);
+    load_frame(grad_a, grad_a_layout, tile, 0, num_frames, ga_next);
     // Step t computes grad_pre[t]; grad_h[t - PAD] needs grad_pre up to t, so it is written PAD steps late.
     for (int t = 0; t < num_frames + PAD; ++t) {
-      acc_t grad_pre[VEC];
+      acc_t grad_pre[VEC], ga[VEC];
+      copy(ga_next, ga);
+      // The next frame's loads, in flight during this frame's math (zeros past the clip's end).
+      load_frame(grad_a, grad_a_layout, tile, t + 1, num_frames, ga_next);
+      load_frame(h, h_layout, tile, t + 1 + PAD, num_frames, h_next);
       if (t < num_frames) {
-        acc_t ga[VEC], value[VEC];
-        load_frame(grad_a, grad_a_layout, tile, t, num_frames, ga);
+        acc_t value[VEC];
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
           acc_t pre = b[i], slope;
@@ -205,7 +229,7 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad_a, Layout grad
                   tile.channel, gh);
       }
       shift_window(window);
-      load_frame(h, h_layout, tile, t + 1 + PAD, num_frames, window[KT - 1]);
+      copy(h_next, window[KT - 1]);
     }
   }
   // Every thread takes part in the block's reductions (invalid ones with zeros).
@@ -246,10 +270,10 @@ struct LaunchShape {
   dim3 grid, block;
 };
 
-LaunchShape launch_shape(const ConvShape& s, int vec) {
+LaunchShape launch_shape(const ConvShape& s, int vec, int threads) {
   const int64_t vectors = (s.channels + vec - 1) / vec;
-  const int bx = int(std::min<int64_t>(vectors, 64));
-  const int by = std::max(1, kThreadsPerBlock / bx);
+  const int bx = int(std::min<int64_t>(vectors, std::min(64, threads)));
+  const int by = std::max(1, threads / bx);
   const int64_t grid_x = (vectors + bx - 1) / bx, grid_y = (s.num_tokens + by - 1) / by;
   SAF_CHECK(s.clips <= 65535 && grid_y <= 65535, "st_adapter_fast: ", s.clips, " clips x ", s.num_tokens,
               " tokens exceed the CUDA kernels' grid limits (65535 clips)");
@@ -282,7 +306,7 @@ void conv_act_forward_cuda(const at::Tensor& h, const at::Tensor& weight, const 
                            const at::Tensor& out, const ConvShape& s, Activation act) {
   const c10::cuda::CUDAGuard guard(h.device());
   const int vec = vector_width(s.kernel_t, {&h, &out});
-  const LaunchShape launch = launch_shape(s, vec);
+  const LaunchShape launch = launch_shape(s, vec, threads_per_block("ST_ADAPTER_FAST_CUDA_FWD_THREADS", kForwardThreads));
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, h.scalar_type(), "temporal_conv_act_cuda", [&] {
     with_kernel_params<scalar_t>(s.kernel_t, vec, [&](auto kt_tag, auto vec_tag) {
@@ -300,7 +324,7 @@ at::Tensor conv_act_backward_cuda(const at::Tensor& grad_a, const at::Tensor& h,
                                   const ConvShape& s, Activation act) {
   const c10::cuda::CUDAGuard guard(h.device());
   const int vec = vector_width(s.kernel_t, {&grad_a, &h, &grad_h, &a});
-  const LaunchShape launch = launch_shape(s, vec);
+  const LaunchShape launch = launch_shape(s, vec, threads_per_block("ST_ADAPTER_FAST_CUDA_BWD_THREADS", kBackwardThreads));
   const auto acc_type = at::toOpMathType(h.scalar_type());
   const int64_t num_blocks = int64_t(launch.grid.y) * launch.grid.z;
   // Every (block, row, channel) is written by exactly one thread, so no zeroing is needed.

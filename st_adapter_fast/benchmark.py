@@ -126,15 +126,37 @@ def floor_ms(mode, frames, tokens, channels, adapter_channels, itemsize, bandwid
     return 1e3 * max(bytes_ / bandwidth, flops / flop_rate)
 
 
-def bench_case(name, fn, mode, x, params, grad_y, num_frames, time_ms):
+def case_step(fn, mode, x, params, grad_y, num_frames):
+    """The callable that one (implementation, mode) row times."""
     if mode == "fwd":
-        with torch.no_grad():
-            return time_ms(lambda: fn(x, num_frames, *params))
+        def forward():
+            with torch.no_grad():
+                return fn(x, num_frames, *params)
+        return forward
 
-    def step():
-        y = fn(x, num_frames, *params)
-        y.backward(grad_y)
-    return time_ms(step)
+    def forward_backward():
+        fn(x, num_frames, *params).backward(grad_y)
+    return forward_backward
+
+
+def bench_case(name, fn, mode, x, params, grad_y, num_frames, time_ms):
+    return time_ms(case_step(fn, mode, x, params, grad_y, num_frames))
+
+
+def graph_time_ms(step, quick=False):
+    """GPU time of `step` without its host work: median replay time of a CUDA graph of it."""
+    import triton.testing
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):   # warm-up outside the graph: autotuning, compilation, lazy allocations
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return triton.testing.do_bench(graph.replay, warmup=10 if quick else 50, rep=50 if quick else 200,
+                                   return_mode="median")
 
 
 def add_arguments(parser):
@@ -145,7 +167,11 @@ def add_arguments(parser):
     parser.add_argument("--dtypes", nargs="*", choices=["bfloat16", "float16", "float32"],
                         help="default: bfloat16 float16 on a GPU, float32 on the CPU")
     parser.add_argument("--e2e", action="store_true",
-                        help="also time one training step of a timm ViT with 12 pre-MLP adapters")
+                        help="also time one training step of the authors' model (see st_adapter_fast/e2e.py)")
+    parser.add_argument("--e2e-only", action="store_true", help="the training step only, no microbenchmarks")
+    parser.add_argument("--e2e-clips", type=int, help="clips per step; default on a GPU: 8, then the largest "
+                        "of 64 / 32 that fits")
+    parser.add_argument("--e2e-variants", nargs="*", help="subset of the e2e variants (default: all)")
 
 
 def main(argv=None):
@@ -169,7 +195,7 @@ def adapter_inputs(clips, frames, tokens, channels, adapter_channels, device, dt
     return x, params, torch.randn_like(x)
 
 
-def bench_config(config, shape, dtype, device, impls, time_ms, bandwidth, flop_rate):
+def bench_config(config, shape, dtype, device, impls, time_ms, bandwidth, flop_rate, quick=False):
     """Rows for every implementation and mode of one config; the first implementation is the baseline."""
     clips, frames, tokens, channels, adapter_channels = shape
     x, params, grad_y = adapter_inputs(*shape, device, dtype)
@@ -179,21 +205,30 @@ def bench_config(config, shape, dtype, device, impls, time_ms, bandwidth, flop_r
                          bandwidth, flop_rate)
         baseline = None
         for name, fn in impls.items():
+            step = case_step(fn, mode, x, params, grad_y, frames)
             try:
-                median, spread = bench_case(name, fn, mode, x, params, grad_y, frames, time_ms)
+                median, spread = time_ms(step)
             except Exception as e:  # a baseline that cannot run here is reported, not fatal
                 print(f"  {config} {dtype} {mode} {name}: failed: {type(e).__name__}: {e}")
                 continue
+            graph = None
+            if device == "cuda":
+                try:
+                    graph = graph_time_ms(step, quick)
+                except Exception as e:  # e.g. a path that synchronises: reported, the launched time stands
+                    print(f"  {config} {dtype} {mode} {name}: CUDA graph failed: {type(e).__name__}: {e}")
             baseline = baseline or (name, median)
             saved = saved_activation_bytes(lambda: fn(x, frames, *params), x, *params) if mode != "fwd" else None
             row = dict(config=config, dtype=str(dtype).replace("torch.", ""), mode=mode, impl=name,
-                       median_ms=median, spread_ms=spread, baseline=baseline[0],
+                       median_ms=median, spread_ms=spread, graph_ms=graph,
+                       graph_over_floor=graph / floor if graph else None, baseline=baseline[0],
                        speedup_vs_reference=baseline[1] / median, floor_ms=floor, over_floor=median / floor,
                        saved_bytes=saved, shape=dict(clips=clips, frames=frames, tokens=tokens, channels=channels,
                                                      adapter_channels=adapter_channels))
             rows.append(row)
+            in_graph = f"  graph {graph:7.3f} ms ({graph / floor:4.2f}x floor)" if graph else ""
             print(f"{config:8s} {row['dtype']:8s} {mode:7s} {name:28s} {median:9.3f} ms  "
-                  f"x{row['speedup_vs_reference']:5.2f}  floor {floor:.3f} ms  ({row['over_floor']:.2f}x)"
+                  f"x{row['speedup_vs_reference']:5.2f}  floor {floor:.3f} ms  ({row['over_floor']:.2f}x){in_graph}"
                   + (f"  saved {saved / 2**20:.1f} MiB" if saved is not None else ""), flush=True)
     return rows
 
@@ -205,7 +240,9 @@ def write_results(path, result):
         with open(path) as f:
             old = json.load(f)
         fresh = {key(r) for r in result["rows"]}
-        result = dict(result, rows=[r for r in old.get("rows", []) if key(r) not in fresh] + result["rows"],
+        kept = {k: v for k, v in old.items() if k not in result}   # e.g. the ceilings of an earlier microbenchmark run
+        result = dict(kept, **result)
+        result.update(rows=[r for r in old.get("rows", []) if key(r) not in fresh] + result["rows"],
                       e2e=result.get("e2e") or old.get("e2e"))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
@@ -222,20 +259,24 @@ def run(args):
         configs = {"small": configs["small"]}
     dtypes = [getattr(torch, d) for d in args.dtypes] if args.dtypes else (
         [torch.bfloat16, torch.float16] if device == "cuda" else [torch.float32])
-    time_ms = timer(device, args.quick)
-    bandwidth, flop_rate = measure_ceilings(device, time_ms)
     device_name = torch.cuda.get_device_name() if device == "cuda" else _cpu_name()
-    print(f"device: {device_name}; copy {bandwidth / 1e12:.2f} TB/s, GEMM {flop_rate / 1e12:.1f} TFLOP/s")
-    impls = implementations(device)
-    rows = [row for config, shape in configs.items() for dtype in dtypes
-            for row in bench_config(config, shape, dtype, device, impls, time_ms, bandwidth, flop_rate)]
     result = dict(device=device_name, torch=torch.__version__, cuda=torch.version.cuda,
                   triton=_triton_version(), python=platform.python_version(), command=" ".join(sys.argv),
-                  copy_bandwidth_Bps=bandwidth, gemm_flops=flop_rate, rows=rows,
-                  date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
-    if args.e2e:
+                  date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), rows=[])
+    if not getattr(args, "e2e_only", False):
+        time_ms = timer(device, args.quick)
+        bandwidth, flop_rate = measure_ceilings(device, time_ms)
+        print(f"device: {device_name}; copy {bandwidth / 1e12:.2f} TB/s, GEMM {flop_rate / 1e12:.1f} TFLOP/s")
+        impls = implementations(device)
+        result.update(copy_bandwidth_Bps=bandwidth, gemm_flops=flop_rate, rows=[
+            row for config, shape in configs.items() for dtype in dtypes
+            for row in bench_config(config, shape, dtype, device, impls, time_ms, bandwidth, flop_rate, args.quick)])
+    if args.e2e or getattr(args, "e2e_only", False):
         from .e2e import end_to_end
-        result["e2e"] = end_to_end(device, quick=args.quick)
+        result["e2e"] = dict(end_to_end(device, quick=args.quick, clips=getattr(args, "e2e_clips", None),
+                                        variants=getattr(args, "e2e_variants", None)),
+                             device=device_name, torch=result["torch"], cuda=result["cuda"], triton=result["triton"],
+                             date=result["date"])
     out = args.out or (os.path.join("benchmarks", "results", device_slug(device_name) + ".json") if args.save else None)
     if out:
         write_results(out, result)

@@ -220,7 +220,9 @@ def _largest_clips_that_fit(peak_per_clip, resting, choices=(64, 32)):
 
 
 def run_config(base, plain, clips, variants, device, frames, img_size, steps, compile_backend, log=print):
-    """{variant: measurements} for one batch of `clips` clips."""
+    """{variant: measurements} for one batch of `clips` clips (fewer warm-up and profiled steps on the CPU,
+    where this is a smoke run)."""
+    repeats = dict(warmup=2, profile_steps=2) if device == "cuda" else dict(warmup=1, profile_steps=1)
     torch.manual_seed(1)
     video = torch.randn(clips, 3, frames, img_size, img_size, device=device)
     labels = torch.randint(0, base.head.out_features, (clips,), device=device)
@@ -228,7 +230,7 @@ def run_config(base, plain, clips, variants, device, frames, img_size, steps, co
     for name in variants:
         started = time.perf_counter()
         results[name] = v = measure_variant(name, base, plain, video, labels, device, steps,
-                                            compile_backend=compile_backend)
+                                            compile_backend=compile_backend, **repeats)
         gc.collect()   # adapted models hold reference cycles (hooks -> blocks); free this one before the next
         peak = f", peak {v['peak_memory_bytes'] / 2**30:.2f} GiB" if v["peak_memory_bytes"] is not None else ""
         log(f"e2e {clips:3d} clips  {name:22s} step {v['step_ms']:8.2f} ms ({v['clips_per_s']:7.1f} clips/s){peak}, "
