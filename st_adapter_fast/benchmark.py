@@ -4,15 +4,16 @@
     python benchmarks/bench_adapter.py ...          (the same)
 
 For each config, dtype and mode (fwd, fwd+bwd) it times, side by side in one process on the same inputs:
-the reference (authors' permute + Conv3d path) eager, eager with cuDNN off, under torch.compile, a
-shift-based pure PyTorch version (kt shifted multiply-adds in the token layout) eager and compiled, and
-the fused Triton path and the compiled kernels (csrc/); and, as a practical floor, the adapter's two
-Linear layers and residual alone (no conv, no activation). Medians come from triton.testing.do_bench on a GPU, a repeat loop on the CPU.
+the reference (authors' permute + Conv3d path) eager and under torch.compile, a shift-based pure PyTorch
+version (kt shifted multiply-adds in the token layout) eager and compiled, the fused Triton path (on a
+GPU also with the down-projection GEMMs inside its kernels) and the compiled kernels (csrc/); and, as a
+practical floor, the adapter's two Linear layers and residual alone (no conv, no activation). Medians
+come from triton.testing.do_bench on a GPU, a repeat loop on the CPU; on a GPU each row also gets the
+GPU time of a CUDA-graph replay of its step (graph_ms), which leaves the host's launch work out.
 Next to each number: the floor, max(bytes that must move / measured copy bandwidth,
 flops / measured GEMM rate), and bytes saved for backward per adapter.
 """
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -47,29 +48,25 @@ def shift_adapter(x, num_frames, w1, b1, wc, bc, w2, b2, activation="gelu", num_
     return torch.cat([x[:, :P], x[:, P:] + out], dim=1)
 
 
-@contextlib.contextmanager
-def cudnn_disabled():
-    before = torch.backends.cudnn.enabled
-    torch.backends.cudnn.enabled = False
+def _triton_fused_gemm(x, num_frames, *params):
+    """The Triton path with the down-projection GEMMs inside the conv kernels (ST_ADAPTER_FAST_FUSED_GEMM=1)."""
+    from .triton import adapter
+    before, adapter.FUSED_GEMM = adapter.FUSED_GEMM, True
     try:
-        yield
+        return st_adapter(x, num_frames, *params, backend="triton")
     finally:
-        torch.backends.cudnn.enabled = before
+        adapter.FUSED_GEMM = before
 
 
 def implementations(device):
+    """name -> fn(x, num_frames, *params): the baselines, our backends, and the linears-only reference line."""
     ref = lambda x, T, *p: st_adapter_reference(x, T, *p)
-    impls = {"reference eager": ref}
-    if device == "cuda":
-        def ref_no_cudnn(x, T, *p):
-            with cudnn_disabled():
-                return ref(x, T, *p)
-        impls["reference eager, cuDNN off"] = ref_no_cudnn
-    impls["reference compiled"] = torch.compile(ref)
-    impls["shift eager"] = shift_adapter
-    impls["shift compiled"] = torch.compile(shift_adapter)
+    impls = {"reference eager": ref, "reference compiled": torch.compile(ref), "shift eager": shift_adapter,
+             "shift compiled": torch.compile(shift_adapter)}
     if device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         impls["triton"] = lambda x, T, *p: st_adapter(x, T, *p, backend="triton")
+    if device == "cuda":
+        impls["triton, fused down-projection"] = _triton_fused_gemm
     info = extension_info()
     if info["available"] and (device == "cpu" or info["with_cuda"]):
         impls[f"compiled {device}"] = lambda x, T, *p: st_adapter(x, T, *p, backend=device)
@@ -233,7 +230,7 @@ def bench_config(config, shape, dtype, device, impls, time_ms, bandwidth, flop_r
     return rows
 
 
-def write_results(path, result):
+def write_results(path, result, quiet=False):
     """Write `result`, keeping rows of an existing file for (config, dtype, mode, impl) not measured now."""
     key = lambda r: (r.get("config"), r.get("dtype"), r.get("mode"), r.get("impl"))
     if os.path.exists(path):
@@ -247,7 +244,8 @@ def write_results(path, result):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
-    print(f"wrote {path}")
+    if not quiet:
+        print(f"wrote {path}")
 
 
 def run(args):
@@ -260,6 +258,7 @@ def run(args):
     dtypes = [getattr(torch, d) for d in args.dtypes] if args.dtypes else (
         [torch.bfloat16, torch.float16] if device == "cuda" else [torch.float32])
     device_name = torch.cuda.get_device_name() if device == "cuda" else _cpu_name()
+    out = args.out or (os.path.join("benchmarks", "results", device_slug(device_name) + ".json") if args.save else None)
     result = dict(device=device_name, torch=torch.__version__, cuda=torch.version.cuda,
                   triton=_triton_version(), python=platform.python_version(), command=" ".join(sys.argv),
                   date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), rows=[])
@@ -268,16 +267,19 @@ def run(args):
         bandwidth, flop_rate = measure_ceilings(device, time_ms)
         print(f"device: {device_name}; copy {bandwidth / 1e12:.2f} TB/s, GEMM {flop_rate / 1e12:.1f} TFLOP/s")
         impls = implementations(device)
-        result.update(copy_bandwidth_Bps=bandwidth, gemm_flops=flop_rate, rows=[
-            row for config, shape in configs.items() for dtype in dtypes
-            for row in bench_config(config, shape, dtype, device, impls, time_ms, bandwidth, flop_rate, args.quick)])
+        result.update(copy_bandwidth_Bps=bandwidth, gemm_flops=flop_rate)
+        for config, shape in configs.items():
+            for dtype in dtypes:
+                result["rows"] += bench_config(config, shape, dtype, device, impls, time_ms, bandwidth, flop_rate,
+                                               args.quick)
+                if out:   # after each config: what a long run measured survives its interruption
+                    write_results(out, result, quiet=True)
     if args.e2e or getattr(args, "e2e_only", False):
         from .e2e import end_to_end
         result["e2e"] = dict(end_to_end(device, quick=args.quick, clips=getattr(args, "e2e_clips", None),
                                         variants=getattr(args, "e2e_variants", None)),
                              device=device_name, torch=result["torch"], cuda=result["cuda"], triton=result["triton"],
                              date=result["date"])
-    out = args.out or (os.path.join("benchmarks", "results", device_slug(device_name) + ".json") if args.save else None)
     if out:
         write_results(out, result)
     return result

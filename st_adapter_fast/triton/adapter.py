@@ -22,7 +22,9 @@ MIN_BLOCK_N = 16  # sizes the backward's partial-sum buffers; no config may go b
 
 
 def _conv_configs():
-    shapes = [(64, 64, 64, 4), (32, 128, 64, 4), (64, 128, 64, 8), (128, 64, 64, 8), (32, 64, 64, 4)]
+    # Wide channel blocks let the fused down-projection read each x row fewer times (Ca / BLOCK_CA).
+    shapes = [(64, 64, 64, 4), (32, 128, 64, 4), (64, 128, 64, 8), (128, 64, 64, 8), (32, 64, 64, 4),
+              (32, 256, 64, 8)]
     return [triton.Config(dict(BLOCK_N=bn, BLOCK_CA=bca, BLOCK_K=bk), num_warps=w, num_stages=3)
             for bn, bca, bk, w in shapes]
 
