@@ -202,21 +202,26 @@ def _all_reduce_sum(values, device, world_size):
 _AMP_DTYPES = dict(bf16=torch.bfloat16, fp16=torch.float16)
 
 
+def classifier_arguments(config):
+    """The build_video_classifier arguments of `config` (the model part of a run). Under `amp` the frozen
+    backbone's weights are kept in the amp dtype unless `backbone_fp32`; init draws from `config.seed`."""
+    return dict(model_name=config.model, num_classes=config.num_classes, num_frames=config.num_frames,
+                checkpoint_path=config.backbone_checkpoint, dropout=config.dropout,
+                backbone_dtype=None if config.backbone_fp32 else _AMP_DTYPES.get(config.amp), pooling=config.pooling,
+                model_kwargs=dict(dict(img_size=config.input_size), **config.model_kwargs), seed=config.seed,
+                adapter_channels=config.adapter_channels, kernel_size=tuple(config.kernel_size),
+                placement=tuple(config.placement), layers=config.adapter_layers,
+                activation=None if config.activation == "none" else config.activation, backend=config.backend)
+
+
 def build_model(config):
-    """The VideoClassifier of `config`, initialised from `config.seed` (the same on every rank). Under
-    `amp` the frozen backbone's weights are kept in the amp dtype unless `backbone_fp32`."""
+    """The VideoClassifier of `config`, initialised from `config.seed` (the same on every rank), with the
+    authors' checkpoint loaded if there is one."""
     from .integrations.timm import build_video_classifier, load_authors_checkpoint
-    torch.manual_seed(config.seed)
-    model = build_video_classifier(
-        config.model, config.num_classes, num_frames=config.num_frames,
-        checkpoint_path=config.backbone_checkpoint, dropout=config.dropout,
-        backbone_dtype=None if config.backbone_fp32 else _AMP_DTYPES.get(config.amp), pooling=config.pooling,
-        model_kwargs=dict(dict(img_size=config.input_size), **config.model_kwargs),
-        adapter_channels=config.adapter_channels, kernel_size=tuple(config.kernel_size),
-        placement=tuple(config.placement), layers=config.adapter_layers,
-        activation=None if config.activation == "none" else config.activation, backend=config.backend)
+    model = build_video_classifier(**classifier_arguments(config))
     if config.authors_checkpoint:
         load_authors_checkpoint(model, config.authors_checkpoint)
+        model.build_arguments["authors_checkpoint"] = os.path.abspath(config.authors_checkpoint)
     if config.grad_checkpointing:
         model.backbone.set_grad_checkpointing(True)
     if config.linear_probe:
