@@ -379,8 +379,20 @@ def build_video_classifier(model_name, num_classes, *, num_frames=8, checkpoint_
 
 
 def create_timm_model(model_name, **kwargs):
-    """timm.create_model(model_name, pretrained=False, **kwargs), with a ValueError naming an unknown
-    model (timm raises RuntimeError) and an ImportError saying how to install timm."""
+    """timm.create_model(model_name, pretrained=False, **kwargs), with errors that say what is wrong: an
+    unknown name (see `check_timm_model_name`) or arguments the model does not take."""
+    check_timm_model_name(model_name)
+    import timm
+    try:
+        return timm.create_model(model_name, pretrained=False, **kwargs)
+    except TypeError as error:   # an argument the model does not take (img_size: not a ViT)
+        raise TypeError(f"timm model {model_name!r} cannot be created with {kwargs} ({error}); ST-Adapters "
+                        "need a timm VisionTransformer") from None
+
+
+def check_timm_model_name(model_name):
+    """ValueError if timm has no model `model_name` (timm itself raises a RuntimeError, late), ImportError
+    saying how to install timm if it is missing."""
     try:
         import timm
     except ImportError as error:
@@ -388,7 +400,6 @@ def create_timm_model(model_name, **kwargs):
                           "st-adapter-fast with its [train] extra") from None
     if not timm.is_model(model_name):
         raise ValueError(f"unknown timm model {model_name!r}; timm.list_models('*vit*') lists the ViTs")
-    return timm.create_model(model_name, pretrained=False, **kwargs)
 
 
 def _load_backbone_checkpoint(backbone, path):
