@@ -31,11 +31,37 @@ def test_bench_harness_writes_and_upserts(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "implementations", lambda device: {
         "reference eager": lambda x, T, *p: saf.st_adapter(x, T, *p, backend="reference")})
     out = tmp_path / "r.json"
-    bench.main(["--quick", "--out", str(out)])
-    bench.main(["--quick", "--out", str(out)])
+    bench.main(["--quick", "--out", str(out), "--rounds", "3"])
+    bench.main(["--quick", "--out", str(out), "--rounds", "3"])
     rows = json.loads(out.read_text())["rows"]
     assert {(r["mode"], r["impl"]) for r in rows} == {("fwd", "reference eager"), ("fwd+bwd", "reference eager")}
     assert len(rows) == 2 and all(r["median_ms"] > 0 and r["floor_ms"] > 0 for r in rows)
+    assert all({"graph_ms", "graph_over_floor", "spread_ms", "speedup_vs_reference"} <= set(r) for r in rows)
+
+
+def test_bench_output_labels_every_column_and_uses_sensible_units(capsys, monkeypatch):
+    monkeypatch.setattr(bench, "CPU_CONFIGS", {"small": (1, 2, 10, 16, 8)})
+    monkeypatch.setattr(bench, "implementations", lambda device: {
+        "reference eager": lambda x, T, *p: saf.st_adapter(x, T, *p, backend="reference"),
+        "linears only (no conv/act)": bench.linears_only})
+    result = bench.main(["--quick", "--rounds", "4", "--no-progress"])
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("config"))
+    for label in ("implementation", "median ms", "spread ms", "vs authors'", "floor ms", "x floor", "saved MiB"):
+        assert label in header
+    device_line = next(line for line in lines if line.startswith("device:"))
+    assert " 0.0 " not in device_line and "FLOP/s" in device_line and "B/s" in device_line
+    rows = [line for line in lines if line.startswith("small")]
+    assert len(rows) == 4 and all(len(line.split()) >= 8 for line in rows)
+    assert all(r["rounds"] == 4 and len(r["speedup_spread"]) == 2 for r in result["rows"])
+    assert bench.si(1.45e11, "FLOP/s") == "145 GFLOP/s" and bench.si(3.1e12, "B/s") == "3.1 TB/s"
+
+
+def test_bench_silences_the_cuda_home_warning(caplog):
+    import logging
+    with bench._quiet_cuda_home_warning():
+        logging.getLogger("torch.utils.cpp_extension").warning("No CUDA runtime is found, using CUDA_HOME='/x'")
+    assert "CUDA_HOME" not in caplog.text
 
 
 @pytest.mark.compiled
