@@ -85,8 +85,17 @@ def test_end_to_end_runs_every_variant_and_records_what_ran(tmp_path, monkeypatc
 
 
 def test_plot_from_results(tmp_path):
+    """Bars only where measured (triton has no small row: no zero bar), linears-only as a dashed line."""
     plot_results = pytest.importorskip("plot_results")
-    rows = [dict(config="vit-b16", dtype="bfloat16", mode="fwd+bwd", impl=impl, speedup_vs_reference=s)
-            for impl, s in [("reference eager", 1.0), ("triton", 3.0)]]
-    out = plot_results.plot(dict(device="test", torch="x", rows=rows), out=str(tmp_path / "p.png"))
+    rows = [dict(config=config, dtype="bfloat16", mode="fwd+bwd", impl=impl, speedup_vs_reference=s)
+            for config, impl, s in [("vit-b16", "reference eager", 1.0), ("vit-b16", "triton", 3.0),
+                                    ("vit-b16", "linears only (no conv/act)", 4.0), ("small", "reference eager", 1.0)]]
+    result = dict(device="a device with a long name " * 3, torch="x", rows=rows)
+    fig = plot_results.figure(result)
+    ax = fig.axes[0]
+    assert sorted(round(bar.get_height(), 3) for bar in ax.patches) == [1.0, 1.0, 3.0]
+    dashed = [c for c in ax.collections if c.get_linestyle()[0][1] is not None]
+    assert len(dashed) == 1 and dashed[0].get_segments()[0][0][1] == 4.0
+    assert "linears only" not in [t.get_text() for t in ax.get_xticklabels()]
+    out = plot_results.plot(result, out=str(tmp_path / "p.png"))
     assert os.path.getsize(out) > 1000
