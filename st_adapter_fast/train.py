@@ -98,9 +98,9 @@ class TrainConfig:
         "local file of the authors' released video model (adapters, backbone, head) to start from; "
         "needs a QuickGELU CLIP model, activation none and pooling mean_then_norm"))
     backend: str = field(default="auto", metadata=_option(
-        "adapter backend: auto (the compiled kernels of the tensors' device, else Triton on a GPU, else the "
-        "reference with a warning), cpu, cuda (compiled kernels), triton, reference (the authors' PyTorch "
-        "computation)", choices=BACKENDS))
+        "adapter backend: auto (the compiled kernels of the tensors' device, else the Triton kernels on a GPU, "
+        "else the reference with a one-time warning saying why), cpu / cuda (the compiled kernels), triton, "
+        "reference (the authors' PyTorch computation)", choices=BACKENDS))
     linear_probe: bool = field(default=False, metadata=_option(
         "train the head only: adapters stay at their identity init (a plain frozen image model)"))
     dropout: float = field(default=0.5, metadata=_option("dropout before the head", minimum=0.0, maximum=1.0))
