@@ -136,7 +136,11 @@ def _recorded_arguments(path):
         raise FileNotFoundError(f"{config_file} not found: expected a folder written by save_adapters or a train "
                                 "run's output_dir/adapters")
     with open(config_file) as f:
-        record = json.load(f).get(CLASSIFIER_KEY)
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{config_file}: not valid JSON ({error})") from None
+    record = config.get(CLASSIFIER_KEY) if isinstance(config, dict) else None
     if record is not None:
         return record
     if os.path.isfile(os.path.join(path, TRAIN_CONFIG_NAME)):

@@ -232,6 +232,9 @@ def main(argv=None):
     warnings.formatwarning = lambda message, *_, **__: f"st-adapter-fast: warning: {message}\n"   # no source line
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        _print_error("interrupted")
+        return 130
     except Exception as error:   # noqa: BLE001 -- every error, one line; --debug shows the traceback
         message = " ".join(str(error).split()) or type(error).__name__
         if not isinstance(error, (ValueError, TypeError, OSError, ImportError)):

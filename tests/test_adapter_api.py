@@ -78,9 +78,30 @@ def test_from_pretrained_with_local_backbone_weights(tmp_path):
     assert torch.equal(loaded(VIDEO), model(VIDEO))
 
 
+def test_from_pretrained_reads_an_older_train_folder_through_its_train_config(tmp_path):
+    """A train run's adapters/ folder from before build arguments were recorded: train_config.json."""
+    import dataclasses
+
+    from st_adapter_fast.train import TrainConfig
+    model = perturb(classifier()).eval()
+    saf.save_adapters(model, tmp_path / "adapters")
+    config_file = tmp_path / "adapters" / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    del config["video_classifier"]
+    config_file.write_text(json.dumps(config))
+    run = TrainConfig(model="vit_tiny_patch16_224", input_size=32, model_kwargs=dict(depth=2), num_classes=5,
+                      num_frames=2, adapter_channels=8, dropout=0.0, seed=0)
+    (tmp_path / "adapters" / "train_config.json").write_text(json.dumps(dataclasses.asdict(run)))
+    assert torch.equal(saf.from_pretrained(tmp_path / "adapters")(VIDEO), model(VIDEO))
+
+
 def test_from_pretrained_says_what_a_folder_lacks(tmp_path):
     with pytest.raises(FileNotFoundError, match="adapter_config.json not found"):
         saf.from_pretrained(tmp_path / "nothing")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "adapter_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="broken/adapter_config.json: not valid JSON"):
+        saf.from_pretrained(tmp_path / "broken")
     backbone = saf.add_st_adapters(timm.create_model("vit_tiny_patch16_224", num_classes=0, **TINY), 8)
     saf.save_adapters(backbone, tmp_path / "bare")                 # no classifier: nothing to rebuild from
     assert saved_names(tmp_path / "bare") == {n[len("backbone."):] for n in HEAD_AND_ADAPTERS if "adapter" in n}

@@ -302,7 +302,7 @@ class VideoClassifier(nn.Module):
         """Logits (B, num_classes) of a video batch (B, 3, T, H, W): channels before frames."""
         self._check_video(video)
         clips, channels, frames, height, width = video.shape
-        if has_st_adapters(self.backbone):   # not after remove_st_adapters
+        if getattr(self.backbone, "st_adapter_config", None) is not None:   # not after remove_st_adapters
             set_num_frames(self.backbone, frames)
         images = video.transpose(1, 2).reshape(clips * frames, channels, height, width)
         with _backbone_autocast(video.device.type, self.backbone_dtype):
