@@ -47,8 +47,9 @@ def figure(result, mode="fwd+bwd"):
         bound = next((v for (c, d, impl), v in speedup.items() if (c, d) == (config, dtype)
                       and impl.startswith(REFERENCE_LINE)), None)
         if bound is not None:
+            label = "linears only (no conv/act): a bound, not an implementation"
             ax.hlines(bound, g - 0.45, g + 0.45, colors="black", linestyles="dashed", linewidth=1.2,
-                      label=None if REFERENCE_LINE in labelled else "linears only (no conv/act): a bound, not an implementation")
+                      label=None if REFERENCE_LINE in labelled else label)
             labelled.add(REFERENCE_LINE)
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set_xticks(range(len(groups)), [f"{c}\n{d}" for c, d in groups])

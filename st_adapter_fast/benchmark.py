@@ -216,7 +216,8 @@ def add_arguments(parser):
     parser.add_argument("--quick", action="store_true", help="fewer repeats, the small config only (smoke runs)")
     parser.add_argument("--out", help="JSON file to write; rows of an existing file are kept unless re-measured")
     parser.add_argument("--save", action="store_true", help="--out benchmarks/results/<device-slug>.json")
-    parser.add_argument("--configs", nargs="*", help="subset of config names")
+    parser.add_argument("--configs", nargs="*", help=f"subset of config names (GPU: {', '.join(GPU_CONFIGS)}; CPU: "
+                        f"{', '.join(CPU_CONFIGS)}); default: all, the small one with --quick")
     parser.add_argument("--dtypes", nargs="*", choices=["bfloat16", "float16", "float32"],
                         help="default: bfloat16 float16 on a GPU, float32 on the CPU")
     parser.add_argument("--e2e", action="store_true",
@@ -406,8 +407,9 @@ def _run(args):
         print(header_text())
         impls = implementations(device)
         per_case = len(impls) if device == "cuda" else rounds
-        with tqdm(total=2 * len(configs) * len(dtypes) * per_case, desc="bench", unit="impl" if device == "cuda" else "round",
-                  file=sys.stderr, disable=not getattr(args, "progress", True)) as progress:
+        with tqdm(total=2 * len(configs) * len(dtypes) * per_case, desc="bench",
+                  unit="impl" if device == "cuda" else "round", file=sys.stderr,
+                  disable=not getattr(args, "progress", True)) as progress:
             result.update(copy_bandwidth_Bps=bandwidth, gemm_flops=flop_rate, rows=[
                 row for config, shape in configs.items() for dtype in dtypes
                 for row in bench_config(config, shape, dtype, device, impls, time_ms, bandwidth, flop_rate,

@@ -116,8 +116,9 @@ def from_pretrained(path, checkpoint_path=None, **overrides):
     arguments = _recorded_arguments(os.fspath(path))
     weights_from = [arguments.pop(key, None) for key in ("checkpoint_path", "authors_checkpoint")]
     if checkpoint_path is None and any(weights_from):
-        warnings.warn(f"from_pretrained: the saved model's backbone weights came from {' and '.join(filter(None, weights_from))}; "
-                      "without checkpoint_path this backbone is randomly initialised", stacklevel=2)
+        sources = " and ".join(filter(None, weights_from))
+        warnings.warn(f"from_pretrained: the saved model's backbone weights came from {sources}; without "
+                      "checkpoint_path this backbone is randomly initialised", stacklevel=2)
     elif checkpoint_path is None and arguments.get("seed") is None:
         warnings.warn("from_pretrained: the saved model's backbone was randomly initialised with no recorded seed, "
                       "and no checkpoint_path is given: this backbone's random weights differ from it", stacklevel=2)

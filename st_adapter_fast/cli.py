@@ -102,7 +102,7 @@ def train_command(args):
         result = train(config)
     except KeyboardInterrupt:
         if rank0:
-            _print_interrupted(config)
+            _print_interrupted(config, args.argv)
         return 130
     if rank0:
         print(result["parameters"])
@@ -119,12 +119,13 @@ def train_command(args):
     return 0
 
 
-def _resume_command():
+def _resume_command(argv):
+    """The command that resumes a run started with `argv` (without --no-resume, which would start over)."""
     import shlex
-    return "st-adapter-fast " + shlex.join(sys.argv[1:])
+    return "st-adapter-fast " + shlex.join(arg for arg in argv if arg != "--no-resume")
 
 
-def _print_interrupted(config):
+def _print_interrupted(config, argv):
     from .train import checkpoint_step
     step = checkpoint_step(config.output_dir)
     if step is None:
@@ -133,7 +134,7 @@ def _print_interrupted(config):
     else:
         _print_error(f"interrupted; the checkpoint of step {step} is kept in "
                      f"{os.path.join(config.output_dir, 'checkpoint.pt')}. Resume with the same command: "
-                     f"{_resume_command()}")
+                     f"{_resume_command(argv)}")
 
 
 def _print_run_files(config):
@@ -171,12 +172,14 @@ def make_synthetic_command(args):
 
 def _add_video_commands(sub, common):
     from .train import EVAL_FIELDS, add_config_arguments
-    t = sub.add_parser("train", parents=[common], formatter_class=HelpFormatter, help="fine-tune adapters on a video list (torchrun for "
-                       "multi-GPU/multi-node)", description="Fine-tune ST-Adapters on a frozen timm ViT. Every "
-                       "flag is also a key of the --config file. Rerunning with the same --output-dir resumes.")
+    t = sub.add_parser("train", parents=[common], formatter_class=HelpFormatter,
+                       help="fine-tune adapters on a video list (torchrun for multi-GPU/multi-node)",
+                       description="Fine-tune ST-Adapters on a frozen timm ViT. Every flag is also a key of the "
+                       "--config file. Rerunning with the same --output-dir resumes.")
     add_config_arguments(t)
     t.set_defaults(func=train_command)
-    e = sub.add_parser("eval", parents=[common], formatter_class=HelpFormatter, help="evaluate the adapters/ folder of a train run on a video list",
+    e = sub.add_parser("eval", parents=[common], formatter_class=HelpFormatter,
+                       help="evaluate the adapters/ folder of a train run on a video list",
                        description="Evaluate a train run's adapters/ folder: the model as trained (from its "
                        "train_config.json), on its val_list or the one given.")
     e.add_argument("adapters", help="a train run's output_dir/adapters")
@@ -226,6 +229,7 @@ def main(argv=None):
     prints one `st-adapter-fast: error: ...` line and returns 1; `--debug` raises it with its traceback."""
     import warnings
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.debug:
         return args.func(args)
     formatwarning = warnings.formatwarning

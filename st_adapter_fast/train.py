@@ -242,7 +242,8 @@ def config_warnings(config):
                         "--authors-checkpoint): fine to try the tool, not for real accuracy")
     if config.steps <= config.warmup_steps:
         messages.append(f"--steps {config.steps} <= --warmup-steps {config.warmup_steps}: the learning rate never "
-                        f"leaves its linear warm-up (it reaches {config.steps}/{config.warmup_steps} of --lr {config.lr:g})")
+                        f"leaves its linear warm-up (it reaches {config.steps}/{config.warmup_steps} of "
+                        f"--lr {config.lr:g})")
     return messages
 
 
@@ -289,8 +290,8 @@ def add_config_arguments(parser, only=None, default_text=None):
         kind = hints[f.name]
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         shown = default_text or f.metadata.get("default_text") or (
-            " ".join(map(str, default)) if isinstance(default, list) else json.dumps(default) if isinstance(default, dict)
-            else "none" if default is None else default)
+            " ".join(map(str, default)) if isinstance(default, list)
+            else json.dumps(default) if isinstance(default, dict) else "none" if default is None else default)
         options = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {shown})")
         if kind is bool:
             options["action"] = argparse.BooleanOptionalAction
@@ -339,6 +340,8 @@ def setup_distributed(device=None):
     """(rank, world_size, device). Under torchrun (WORLD_SIZE > 1) joins the process group: nccl when
     the device is CUDA, gloo otherwise."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device (--device) {device!r}: no CUDA device is available here; use cpu")
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     if device == "cuda":

@@ -171,22 +171,26 @@ def test_disable_adapters_gives_exactly_the_plain_backbone():
     assert torch.equal(model(VIDEO), adapted)                # back on after an exception
 
 
-def test_placement_names_and_blocks_mlp_does_not_support():
+def test_placement_names():
     model = classifier(placement="mlp")
     assert saf.adapter_config(model)["placement"] == ["mlp"]
     assert saf.adapter_config(classifier(placement=["mlp", "attn"]))["placement"] == ["attn", "mlp"]
     with pytest.raises(ValueError, match="placement must be"):
         classifier(placement="ffn")
-    eva = dict(img_size=28, depth=1)
+
+
+@pytest.mark.parametrize("name, size", [("eva02_tiny_patch14_224", 28), ("vit_small_patch16_rope_224", 32)])
+def test_blocks_mlp_does_not_support_take_attn(name, size):
+    """EVA and the RoPE ViTs (EVA's blocks): 'mlp' is refused saying what works, 'attn' works."""
     with pytest.raises(TypeError, match="EvaBlock.*placement 'attn' works"):
-        saf.add_st_adapters(timm.create_model("eva02_tiny_patch14_224", num_classes=0, **eva), 8, placement="mlp")
+        saf.add_st_adapters(timm.create_model(name, num_classes=0, img_size=size, depth=1), 8, placement="mlp")
     torch.manual_seed(0)
-    plain = timm.create_model("eva02_tiny_patch14_224", num_classes=0, **eva).eval()
-    images = torch.randn(2, 3, 28, 28)
+    plain = timm.create_model(name, num_classes=0, img_size=size, depth=1).eval()
+    images = torch.randn(2, 3, size, size)
     expected = plain(images)
     saf.add_st_adapters(plain, 8, placement="attn", num_frames=2)
     assert torch.equal(plain(images), expected)
-    assert saf.VideoClassifier(plain, 3)(torch.randn(1, 3, 2, 28, 28)).shape == (1, 3)
+    assert saf.VideoClassifier(plain, 3)(torch.randn(1, 3, 2, size, size)).shape == (1, 3)
 
 
 def test_set_num_frames_and_adapter_config_are_public():

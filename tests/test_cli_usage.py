@@ -61,6 +61,7 @@ def test_debug_shows_the_traceback(tmp_path):
     (["train", "--train-list", "x", "--num-classes", "2", "--kernel-size", "2", "1", "1"], "kernel_size.*odd"),
     (["train", "--train-list", "x", "--num-classes", "2", "--lr", "-1"], r"lr \(--lr\) must be >= 0"),
     (["train", "--num-classes", "2"], r"train needs train_list \(--train-list\)"),
+    (["eval", "nowhere", "--eval-crops", "3"], "nowhere/train_config.json not found"),
     (["trian"], "invalid choice: 'trian'"),
 ])
 def test_bad_values_are_refused_at_start_up_in_one_line(args, expected, capsys):
@@ -158,8 +159,8 @@ def test_ctrl_c_says_the_checkpoint_is_kept_and_how_to_resume(data, tmp_path, ca
     def interrupted(config):
         raise KeyboardInterrupt
     monkeypatch.setattr(train_module, "train", interrupted)
-    monkeypatch.setattr(sys, "argv", ["st-adapter-fast", *args])
-    assert cli.main(args) == 130
+    assert cli.main(args + ["--no-resume"]) == 130
     err = capsys.readouterr().err
-    assert "the checkpoint of step 1 is kept" in err and "Resume with the same command: st-adapter-fast train" in err
-    assert "Traceback" not in err
+    assert "the checkpoint of step 1 is kept" in err and "Traceback" not in err
+    resume = err.split("Resume with the same command: ")[1].strip()
+    assert resume.startswith("st-adapter-fast train ") and "--no-resume" not in resume and "--save-every 1" in resume
