@@ -99,3 +99,21 @@ def test_plot_from_results(tmp_path):
     assert "linears only" not in [t.get_text() for t in ax.get_xticklabels()]
     out = plot_results.plot(result, out=str(tmp_path / "p.png"))
     assert os.path.getsize(out) > 1000
+
+
+def test_gpu_branch_of_the_harness_keeps_its_fields(monkeypatch):
+    """The GPU code path (do_bench medians, CUDA-graph times, progress per implementation) on CPU tensors,
+    with the GPU-only timers replaced: its rows keep graph_ms / graph_over_floor / floor_ms."""
+    real_inputs = bench.adapter_inputs
+    monkeypatch.setattr(bench, "adapter_inputs", lambda *shape_device_dtype: real_inputs(
+        *shape_device_dtype[:5], "cpu", shape_device_dtype[6]))
+    monkeypatch.setattr(bench, "graph_time_ms", lambda step, quick=False: 0.5)
+    impls = {"reference eager": lambda x, T, *p: saf.st_adapter(x, T, *p, backend="reference"),
+             "broken": lambda x, T, *p: 1 / 0}
+    progress = type("Progress", (), {"count": 0, "update": lambda self: setattr(self, "count", self.count + 1)})()
+    rows = bench.bench_config("small", (1, 2, 10, 16, 8), torch.float32, "cuda", impls,
+                              lambda fn: (fn(), (2.0, (1.0, 3.0)))[1], 1e9, 1e9, quick=True, progress=progress)
+    assert [(r["mode"], r["impl"]) for r in rows] == [("fwd", "reference eager"), ("fwd+bwd", "reference eager")]
+    assert all(r["graph_ms"] == 0.5 and r["graph_over_floor"] == 0.5 / r["floor_ms"] and r["median_ms"] == 2.0
+               and "rounds" not in r for r in rows)
+    assert progress.count == 2   # one per implementation that ran, per mode
