@@ -11,19 +11,12 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from st_adapter_fast.benchmark import adapter_inputs, linears_only  # noqa: E402
+from st_adapter_fast.benchmark import adapter_inputs, interleaved_cpu_samples, linears_only  # noqa: E402
 from st_adapter_fast.ops import st_adapter  # noqa: E402
-
-
-def fwd_bwd_ms(fn, x, params, grad_y):
-    start = time.perf_counter()
-    fn(x, 8, *params).backward(grad_y)
-    return (time.perf_counter() - start) * 1e3
 
 
 def main():
@@ -35,13 +28,8 @@ def main():
     x, params, grad_y = adapter_inputs(2, 8, 197, 768, 384, "cpu", torch.float32)
     fns = {name: (lambda x_, T, *p, b=name: st_adapter(x_, T, *p, backend=b)) for name in (args.baseline, args.backend)}
     fns["linears only"] = linears_only
-    times = {name: [] for name in fns}
-    for _ in range(3):   # warm-up
-        for fn in fns.values():
-            fwd_bwd_ms(fn, x, params, grad_y)
-    for _ in range(args.rounds):
-        for name, fn in fns.items():
-            times[name].append(fwd_bwd_ms(fn, x, params, grad_y))
+    times = interleaved_cpu_samples({name: lambda fn=fn: fn(x, 8, *params).backward(grad_y) for name, fn in fns.items()},
+                                    args.rounds)
     ratios = [b / f for b, f in zip(times[args.baseline], times[args.backend])]
     for name, samples in times.items():
         print(f"{name:14s} fwd+bwd median {statistics.median(samples):7.2f} ms  (min {min(samples):.2f}, "

@@ -1,6 +1,8 @@
 """st-adapter-fast: a fused, drop-in ST-Adapter (Pan et al., NeurIPS 2022) for PyTorch."""
-from .checkpoint import load_adapters, save_adapters
+from .checkpoint import from_pretrained, load_adapters, save_adapters
 from .convert import convert
+from .integrations.timm import (VideoClassifier, adapter_config, add_st_adapters, build_video_classifier,
+                                disable_adapters, remove_st_adapters, set_num_frames)
 from .module import STAdapter
 from .ops import BACKENDS, st_adapter
 from .reference import STAdapterReference
@@ -8,4 +10,6 @@ from .report import ParameterReport, parameter_report
 
 __version__ = "0.1.0"
 __all__ = ["STAdapter", "STAdapterReference", "st_adapter", "BACKENDS", "convert", "parameter_report",
-           "ParameterReport", "save_adapters", "load_adapters", "__version__"]
+           "ParameterReport", "add_st_adapters", "remove_st_adapters", "disable_adapters", "set_num_frames",
+           "adapter_config", "VideoClassifier", "build_video_classifier", "save_adapters", "load_adapters",
+           "from_pretrained", "__version__"]

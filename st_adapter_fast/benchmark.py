@@ -8,13 +8,17 @@ the reference (authors' permute + Conv3d path) eager and under torch.compile, a 
 version (kt shifted multiply-adds in the token layout) eager and compiled, the fused Triton path (on a
 GPU also with the down-projection GEMMs inside its kernels) and the compiled kernels (csrc/); and, as a
 practical floor, the adapter's two Linear layers and residual alone (no conv, no activation). Medians
-come from triton.testing.do_bench on a GPU, a repeat loop on the CPU; on a GPU each row also gets the
-GPU time of a CUDA-graph replay of its step (graph_ms), which leaves the host's launch work out.
+come from triton.testing.do_bench on a GPU, where each row also gets the GPU time of a CUDA-graph replay
+of its step (graph_ms), which leaves the host's launch work out; on the CPU, from alternating rounds
+(every implementation once per round, in a rotating order), with the speedup as the median of per-round
+ratios, which a busy machine disturbs far less than separate runs.
 Next to each number: the floor, max(bytes that must move / measured copy bandwidth,
 flops / measured GEMM rate), and bytes saved for backward per adapter.
 """
 import argparse
+import contextlib
 import json
+import logging
 import os
 import platform
 import statistics
@@ -79,7 +83,13 @@ def linears_only(x, num_frames, w1, b1, wc, bc, w2, b2):
     return x + F.linear(F.linear(x, w1, b1), w2, b2)
 
 
+CPU_ROUNDS = dict(quick=10, full=30)   # alternating rounds per (config, dtype, mode) on the CPU
+MIN_SAMPLE_MS = 20.0                   # a CPU sample repeats a call until it lasts at least this long
+
+
 def timer(device, quick):
+    """time_ms(fn) -> (median ms, (low, high)) of one callable: triton.testing.do_bench (20th and 80th
+    percentiles) on a GPU; on the CPU the median of repeated samples (quartiles)."""
     if device == "cuda":
         import triton.testing
 
@@ -90,28 +100,72 @@ def timer(device, quick):
         return time_ms
 
     def time_ms(fn):
-        fn()
-        samples = []
-        for _ in range(3 if quick else 10):
-            start = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(samples), (min(samples), max(samples))
+        samples = interleaved_cpu_samples({"fn": fn}, CPU_ROUNDS["quick" if quick else "full"])["fn"]
+        return _median_and_quartiles(samples)
     return time_ms
 
 
+def _calls_per_sample(fn):
+    """How many calls of fn (already warm) one CPU sample repeats so that it lasts >= MIN_SAMPLE_MS."""
+    start = time.perf_counter()
+    fn()
+    once = (time.perf_counter() - start) * 1e3
+    return max(1, int(MIN_SAMPLE_MS / max(once, 1e-3)) + 1) if once < MIN_SAMPLE_MS else 1
+
+
+def interleaved_cpu_samples(steps, rounds, on_round=None):
+    """{name: [ms per call, one per round]} of callables timed in alternating rounds (each round times every
+    callable once, in a rotating order), so that a busy or throttled machine slows them all alike. Each is
+    warmed up (compilation) first; a sample repeats calls until it lasts MIN_SAMPLE_MS. `on_round()` is
+    called after each round (progress)."""
+    for fn in steps.values():
+        fn()
+        fn()
+    calls = {name: _calls_per_sample(fn) for name, fn in steps.items()}
+    names, samples = list(steps), {name: [] for name in steps}
+    for round_index in range(rounds):
+        for name in names[round_index % len(names):] + names[:round_index % len(names)]:
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                steps[name]()
+            samples[name].append((time.perf_counter() - start) * 1e3 / calls[name])
+        if on_round is not None:
+            on_round()
+    return samples
+
+
+def _median_and_quartiles(samples):
+    if len(samples) < 2:
+        return samples[0], (samples[0], samples[0])
+    low, _, high = statistics.quantiles(samples, n=4)
+    return statistics.median(samples), (low, high)
+
+
 def measure_ceilings(device, time_ms):
-    """(bytes/s of a large device copy, counting read + write; flop/s of a large bf16/fp32 GEMM)."""
+    """(bytes/s of a large device copy, counting read + write; flop/s of a large bf16/fp32 GEMM). On the
+    CPU from the fastest of alternating samples: a ceiling is the best the machine does, and a median
+    taken while something else runs would put the floor above what the adapters then measure."""
     n = (1 << 28) if device == "cuda" else (1 << 24)
     src = torch.randn(n, device=device)
     dst = torch.empty_like(src)
-    copy_ms, _ = time_ms(lambda: dst.copy_(src))
     size = 8192 if device == "cuda" else 1024
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    gemm_ms, _ = time_ms(lambda: a @ b)
+    steps = dict(copy=lambda: dst.copy_(src), gemm=lambda: a @ b)
+    if device == "cuda":
+        copy_ms, gemm_ms = (time_ms(step)[0] for step in steps.values())
+    else:
+        copy_ms, gemm_ms = (min(samples) for samples in interleaved_cpu_samples(steps, CPU_ROUNDS["quick"]).values())
     return 2 * src.numel() * src.element_size() / (copy_ms * 1e-3), 2 * size ** 3 / (gemm_ms * 1e-3)
+
+
+def si(value, unit):
+    """`value` with an SI prefix chosen for it: si(1.45e11, "FLOP/s") == "145 GFLOP/s"."""
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
 
 
 def floor_ms(mode, frames, tokens, channels, adapter_channels, itemsize, bandwidth, flop_rate):
@@ -160,7 +214,8 @@ def add_arguments(parser):
     parser.add_argument("--quick", action="store_true", help="fewer repeats, the small config only (smoke runs)")
     parser.add_argument("--out", help="JSON file to write; rows of an existing file are kept unless re-measured")
     parser.add_argument("--save", action="store_true", help="--out benchmarks/results/<device-slug>.json")
-    parser.add_argument("--configs", nargs="*", help="subset of config names")
+    parser.add_argument("--configs", nargs="*", help=f"subset of config names (GPU: {', '.join(GPU_CONFIGS)}; CPU: "
+                        f"{', '.join(CPU_CONFIGS)}); default: all, the small one with --quick")
     parser.add_argument("--dtypes", nargs="*", choices=["bfloat16", "float16", "float32"],
                         help="default: bfloat16 float16 on a GPU, float32 on the CPU")
     parser.add_argument("--e2e", action="store_true",
@@ -169,6 +224,9 @@ def add_arguments(parser):
     parser.add_argument("--e2e-clips", type=int, help="clips per step; default on a GPU: 8, then the largest "
                         "of 64 / 32 that fits")
     parser.add_argument("--e2e-variants", nargs="*", help="subset of the e2e variants (default: all)")
+    parser.add_argument("--rounds", type=int, help=f"CPU: alternating timing rounds per case (default: "
+                        f"{CPU_ROUNDS['full']}, {CPU_ROUNDS['quick']} with --quick)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="a progress bar")
 
 
 def main(argv=None):
@@ -192,41 +250,92 @@ def adapter_inputs(clips, frames, tokens, channels, adapter_channels, device, dt
     return x, params, torch.randn_like(x)
 
 
-def bench_config(config, shape, dtype, device, impls, time_ms, bandwidth, flop_rate, quick=False):
-    """Rows for every implementation and mode of one config; the first implementation is the baseline."""
+COLUMNS = (("config", 8), ("dtype", 8), ("mode", 7), ("implementation", 28), ("median ms", 10),
+           ("spread ms (p25-p75)", 20), ("vs authors'", 11), ("floor ms", 9), ("x floor", 8), ("saved MiB", 9),
+           ("graph ms", 9))
+
+
+def _row_text(cells):
+    return "  ".join(str(cell).rjust(width) if i >= 4 else str(cell).ljust(width)
+                     for i, (cell, (_, width)) in enumerate(zip(cells, COLUMNS))).rstrip()
+
+
+def header_text():
+    """The column labels of the printed table (CPU spreads are quartiles, GPU ones the 20th-80th percentiles)."""
+    return _row_text([name for name, _ in COLUMNS])
+
+
+def _time_implementations(steps, device, time_ms, rounds, report, progress):
+    """{name: (median, spread, speedup spread or None)}: on the CPU in alternating rounds, with the speedup
+    as the median of per-round ratios to the first implementation; on a GPU one after the other. A
+    callable that cannot run here is reported and left out."""
+    runnable = {}
+    for name, step in steps.items():
+        try:
+            step()
+        except Exception as e:  # a baseline that cannot run here is reported, not fatal
+            report(f"{name}: failed: {type(e).__name__}: {e}")
+        else:
+            runnable[name] = step
+    if device == "cuda":
+        out = {}
+        for name, step in runnable.items():
+            out[name] = time_ms(step) + (None,)
+            progress.update()
+        return out
+    samples = interleaved_cpu_samples(runnable, rounds, on_round=progress.update)
+    first = next(iter(samples), None)
+    out = {}
+    for name, times in samples.items():
+        ratios = [b / t for b, t in zip(samples[first], times)]
+        out[name] = _median_and_quartiles(times) + (_median_and_quartiles(ratios),)
+    return out
+
+
+def bench_config(config, shape, dtype, device, impls, time_ms, bandwidth, flop_rate, quick=False, rounds=None,
+                 progress=None):
+    """Rows for every implementation and mode of one config; the first implementation is the baseline.
+    Prints each row under `header_text()`'s columns; `progress` (a tqdm bar) advances per CPU round or
+    GPU implementation."""
+    import tqdm
+    write = tqdm.tqdm.write
     clips, frames, tokens, channels, adapter_channels = shape
     x, params, grad_y = adapter_inputs(*shape, device, dtype)
+    rounds = rounds or CPU_ROUNDS["quick" if quick else "full"]
+    if progress is None:
+        progress = tqdm.tqdm(disable=True)
     rows = []
     for mode in ("fwd", "fwd+bwd"):
         floor = floor_ms(mode, clips * frames, tokens, channels, adapter_channels, x.element_size(),
                          bandwidth, flop_rate)
+        steps = {name: case_step(fn, mode, x, params, grad_y, frames) for name, fn in impls.items()}
+        timings = _time_implementations(steps, device, time_ms, rounds,
+                                        lambda text: write(f"  {config} {dtype} {mode} {text}"), progress)
         baseline = None
-        for name, fn in impls.items():
-            step = case_step(fn, mode, x, params, grad_y, frames)
-            try:
-                median, spread = time_ms(step)
-            except Exception as e:  # a baseline that cannot run here is reported, not fatal
-                print(f"  {config} {dtype} {mode} {name}: failed: {type(e).__name__}: {e}")
-                continue
+        for name, (median, spread, speedup) in timings.items():
             graph = None
             if device == "cuda":
                 try:
-                    graph = graph_time_ms(step, quick)
+                    graph = graph_time_ms(steps[name], quick)
                 except Exception as e:  # e.g. a path that synchronises: reported, the launched time stands
-                    print(f"  {config} {dtype} {mode} {name}: CUDA graph failed: {type(e).__name__}: {e}")
+                    write(f"  {config} {dtype} {mode} {name}: CUDA graph failed: {type(e).__name__}: {e}")
             baseline = baseline or (name, median)
+            fn = impls[name]
             saved = saved_activation_bytes(lambda: fn(x, frames, *params), x, *params) if mode != "fwd" else None
             row = dict(config=config, dtype=str(dtype).replace("torch.", ""), mode=mode, impl=name,
                        median_ms=median, spread_ms=spread, graph_ms=graph,
                        graph_over_floor=graph / floor if graph else None, baseline=baseline[0],
-                       speedup_vs_reference=baseline[1] / median, floor_ms=floor, over_floor=median / floor,
+                       speedup_vs_reference=speedup[0] if speedup else baseline[1] / median,
+                       floor_ms=floor, over_floor=median / floor,
                        saved_bytes=saved, shape=dict(clips=clips, frames=frames, tokens=tokens, channels=channels,
                                                      adapter_channels=adapter_channels))
+            if speedup:
+                row.update(speedup_spread=speedup[1], rounds=rounds)
             rows.append(row)
-            in_graph = f"  graph {graph:7.3f} ms ({graph / floor:4.2f}x floor)" if graph else ""
-            print(f"{config:8s} {row['dtype']:8s} {mode:7s} {name:28s} {median:9.3f} ms  "
-                  f"x{row['speedup_vs_reference']:5.2f}  floor {floor:.3f} ms  ({row['over_floor']:.2f}x){in_graph}"
-                  + (f"  saved {saved / 2**20:.1f} MiB" if saved is not None else ""), flush=True)
+            write(_row_text([config, row["dtype"], mode, name, f"{median:.3f}", f"{spread[0]:.3f}-{spread[1]:.3f}",
+                             f"{row['speedup_vs_reference']:.2f}x", f"{floor:.3f}", f"{row['over_floor']:.2f}x",
+                             "" if saved is None else f"{saved / 2**20:.1f}",
+                             "" if graph is None else f"{graph:.3f}"]))
     return rows
 
 
@@ -248,10 +357,33 @@ def write_results(path, result, quiet=False):
         print(f"wrote {path}")
 
 
+@contextlib.contextmanager
+def _quiet_cuda_home_warning():
+    """Silence torch.utils.cpp_extension's "No CUDA runtime is found, using CUDA_HOME=..." warning, which
+    importing it (torch.compile's CPU baselines do) logs on a machine without a GPU: nothing here needs CUDA."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def run(args):
+    """Run the benchmark that `args` (from add_arguments) asks for; returns the result dict (and writes
+    it to --out / --save)."""
+    with _quiet_cuda_home_warning():
+        return _run(args)
+
+
+def _run(args):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     configs = GPU_CONFIGS if device == "cuda" else CPU_CONFIGS
     if args.configs:
+        unknown = sorted(set(args.configs) - set(configs))
+        if unknown:
+            raise ValueError(f"--configs: unknown on {device}: {unknown}; known: {sorted(configs)}")
         configs = {k: v for k, v in configs.items() if k in args.configs}
     elif args.quick:
         configs = {"small": configs["small"]}
@@ -263,17 +395,28 @@ def run(args):
                   triton=_triton_version(), python=platform.python_version(), command=" ".join(sys.argv),
                   date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), rows=[])
     if not getattr(args, "e2e_only", False):
+        from tqdm import tqdm
         time_ms = timer(device, args.quick)
         bandwidth, flop_rate = measure_ceilings(device, time_ms)
-        print(f"device: {device_name}; copy {bandwidth / 1e12:.2f} TB/s, GEMM {flop_rate / 1e12:.1f} TFLOP/s")
+        rounds = getattr(args, "rounds", None) or CPU_ROUNDS["quick" if args.quick else "full"]
+        print(f"device: {device_name}; measured copy {si(bandwidth, 'B/s')} (read + write), GEMM "
+              f"{si(flop_rate, 'FLOP/s')} ({'bf16 8192' if device == 'cuda' else 'fp32 1024'}^3)")
+        print("timing: " + ("triton.testing.do_bench, spread = 20th-80th percentile" if device == "cuda" else
+                            f"{rounds} alternating rounds, median; spread = quartiles; vs authors' = median of "
+                            "per-round ratios"))
+        print(header_text())
         impls = implementations(device)
+        per_case = len(impls) if device == "cuda" else rounds
         result.update(copy_bandwidth_Bps=bandwidth, gemm_flops=flop_rate)
-        for config, shape in configs.items():
-            for dtype in dtypes:
-                result["rows"] += bench_config(config, shape, dtype, device, impls, time_ms, bandwidth, flop_rate,
-                                               args.quick)
-                if out:   # after each config: what a long run measured survives its interruption
-                    write_results(out, result, quiet=True)
+        with tqdm(total=2 * len(configs) * len(dtypes) * per_case, desc="bench",
+                  unit="impl" if device == "cuda" else "round", file=sys.stderr,
+                  disable=not getattr(args, "progress", True)) as progress:
+            for config, shape in configs.items():
+                for dtype in dtypes:
+                    result["rows"] += bench_config(config, shape, dtype, device, impls, time_ms, bandwidth,
+                                                   flop_rate, args.quick, rounds, progress)
+                    if out:   # after each config: what a long run measured survives its interruption
+                        write_results(out, result, quiet=True)
     if args.e2e or getattr(args, "e2e_only", False):
         from .e2e import end_to_end
         result["e2e"] = dict(end_to_end(device, quick=args.quick, clips=getattr(args, "e2e_clips", None),

@@ -11,10 +11,13 @@ cost demo time without changing the comparison.
 writes data/ (mp4s and lists), probe/ and adapters/ (train runs), demo.json (accuracies, trainable
 parameters, wall times, loader clips/s) and curves.png.
 """
+import argparse
 import dataclasses
 import json
 import os
 import time
+
+from .train import default_num_workers
 
 MODEL = dict(model="vit_tiny_patch16_224", model_kwargs=dict(patch_size=8, depth=4), input_size=32)
 
@@ -24,9 +27,11 @@ def add_arguments(parser):
     parser.add_argument("--num-train", type=int, default=400, help="training videos (pairs: even)")
     parser.add_argument("--num-val", type=int, default=200, help="validation videos (pairs: even)")
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps of each model")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    parser.add_argument("--batch-size", type=int, default=16, help="clips per step")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    parser.add_argument("--num-workers", type=int, default=default_num_workers(), help="DataLoader workers per run")
+    parser.add_argument("--workers", dest="num_workers", type=int, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)   # the old name
     parser.add_argument("--depth", type=int, default=4, help="ViT blocks")
     parser.add_argument("--results", help="also copy demo.json and curves.png to this file stem")
 
@@ -40,7 +45,7 @@ def demo_config(args, data_dir, name, linear_probe):
         **dict(MODEL, model_kwargs=dict(MODEL["model_kwargs"], depth=args.depth)),
         adapter_channels=64, linear_probe=linear_probe, dropout=0.0, batch_size=args.batch_size,
         steps=args.steps, warmup_steps=max(args.steps // 10, 1), lr=args.lr, weight_decay=0.05,
-        num_workers=args.workers, output_dir=os.path.join(args.out, name), resume=False,
+        num_workers=args.num_workers, output_dir=os.path.join(args.out, name), resume=False,
         log_every=max(args.steps // 30, 1), eval_every=max(args.steps // 6, 1), progress=True)
 
 
@@ -59,8 +64,6 @@ def loader_clips_per_second(config, batches=60):
 def run(args):
     """Generate the data, measure the loader, train and evaluate both models, write demo.json and
     curves.png under args.out. Returns 0."""
-    import shutil
-
     from .synthetic import make_synthetic
     from .train import train
     started = time.perf_counter()
@@ -74,13 +77,11 @@ def run(args):
                    generate_s=generated - started, models={})
     probe_config = demo_config(args, data_dir, "probe", linear_probe=True)
     results["loader_clips_per_s"] = {f"{w}_workers": loader_clips_per_second(dataclasses.replace(probe_config, num_workers=w))
-                                     for w in sorted({0, args.workers})}
+                                     for w in sorted({0, args.num_workers})}
     histories = {}
     for name, config in (("linear_probe", probe_config),
                          ("st_adapters", demo_config(args, data_dir, "adapters", linear_probe=False))):
-        if os.path.exists(config.output_dir):
-            shutil.rmtree(config.output_dir)   # a fresh run each time, not a resume
-        result = train(config)
+        result = train(config)   # resume=False: a fresh run each time, the previous one deleted
         histories[name] = result["history"]
         report = result["parameters"]
         results["models"][name] = dict(top1=result["metrics"]["top1"], skipped=result["metrics"]["skipped"],

@@ -8,8 +8,11 @@ class STAdapter(STAdapterReference):
     checkpoints load with ``load_state_dict``; ``activation=None`` reproduces their release exactly.
 
     Args as :class:`~st_adapter_fast.reference.STAdapterReference`, plus
-        backend: "auto" (fused Triton kernels on CUDA for temporal kernels (kt, 1, 1), kt <= 7; the
-            reference elsewhere, with a one-time warning on CUDA), "triton", "cuda", "cpu", "reference".
+        backend: "auto" (default): the compiled kernels of the tensors' device, else the Triton kernels on a
+            GPU, else the reference with a one-time warning saying why. "cpu" / "cuda": the compiled kernels
+            of csrc/; "triton": the Triton kernels; "reference": the authors' PyTorch computation. A forced
+            backend that cannot run an input raises an error saying why. The kernels cover temporal kernels
+            (kt, 1, 1) with odd kt <= 7. (The README's backend table lists every case.)
 
     ``forward(x, num_frames)``: (B*T, L, C) -> (B*T, L, C); ``x`` is never written.
     """

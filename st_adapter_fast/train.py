@@ -8,7 +8,8 @@ top-1/top-5 on the validation list. `evaluate_adapters` scores a saved result.
 
 Files under `output_dir`: checkpoint.pt (latest, for resume), log.jsonl (one line per logged step or
 eval; training loss, accuracy and clips/s are rank 0's, evals cover all ranks), adapters/ (adapters +
-head + train_config.json), metrics.json (final eval).
+head, with what `from_pretrained` needs, and train_config.json, with absolute paths, which `eval` reads),
+metrics.json (final eval). `--no-resume` deletes these first.
 """
 import contextlib
 import dataclasses
@@ -25,149 +26,310 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .checkpoint import _trainable
-from .data import ResumableSampler, SkipCounter, VideoDataset, collate_clips
+from .checkpoint import TRAIN_CONFIG_NAME, _trainable
+from .data import ResumableSampler, SkipCounter, VideoDataset, collate_clips, read_video_list
+from .integrations.timm import AUTHORS_POOLING, PLACEMENTS, POOLINGS, check_timm_model_name
 from .measure import compute_dtype_name, linear_compute_dtypes
+from .ops import BACKENDS
+from .validation import check_kernel_size
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
+LOG_NAME, METRICS_NAME, ADAPTERS_NAME = "log.jsonl", "metrics.json", "adapters"
+RUN_FILES = (CHECKPOINT_NAME, LOG_NAME, METRICS_NAME, ADAPTERS_NAME)   # what a run writes to output_dir
+
+
+def default_num_workers():
+    """DataLoader workers per process by default: the CPU cores this process may use, at most 4."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:   # not on Linux
+        cores = os.cpu_count() or 1
+    return min(4, cores)
+
+
+def _option(help, default_text=None, **checks):
+    """Field metadata: its help, how --help shows its default (when not the value itself) and the checks
+    that TrainConfig applies to it wherever it came from (choices, minimum, maximum)."""
+    return dict(help=help, default_text=default_text, **checks)
 
 
 @dataclass
 class TrainConfig:
-    """Everything a run depends on; every field is also a command-line flag (`--field-name`)."""
+    """Everything a run depends on; every field is also a command-line flag (`--field-name`) and a key of
+    a YAML/JSON config file. Values are checked on construction: a ValueError names the field."""
 
     # data
-    train_list: str = field(default=None, metadata=dict(help="list file of training videos"))
-    val_list: str = field(default=None, metadata=dict(help="list file of validation videos"))
-    data_root: str = field(default=".", metadata=dict(help="directory the list files' paths are relative to"))
-    num_classes: int = field(default=None, metadata=dict(help="number of classes (required)"))
-    num_frames: int = field(default=8, metadata=dict(help="frames per clip"))
-    sampling_rate: int = field(default=None, metadata=dict(
-        help="take every r-th frame; default: frames evenly covering the whole video"))
-    input_size: int = field(default=224, metadata=dict(help="side of the square input frames"))
-    flip: bool = field(default=True, metadata=dict(help="random horizontal flips in training"))
-    eval_views: int = field(default=1, metadata=dict(help="temporal views per video in eval"))
-    eval_crops: int = field(default=1, metadata=dict(help="spatial crops per view in eval (1 or 3)"))
-    num_workers: int = field(default=4, metadata=dict(help="DataLoader worker processes per rank"))
+    train_list: str = field(default=None, metadata=_option("list file of training videos", "required"))
+    val_list: str = field(default=None, metadata=_option("list file of validation videos", "none: no eval"))
+    data_root: str = field(default=".", metadata=_option("directory the list files' paths are relative to"))
+    num_classes: int = field(default=None, metadata=_option("number of classes", "required", minimum=1))
+    num_frames: int = field(default=8, metadata=_option("frames per clip", minimum=1))
+    sampling_rate: int = field(default=None, metadata=_option(
+        "take every r-th frame", "frames evenly covering the whole video", minimum=1))
+    input_size: int = field(default=224, metadata=_option("side of the square input frames", minimum=1))
+    flip: bool = field(default=True, metadata=_option("random horizontal flips in training"))
+    eval_views: int = field(default=1, metadata=_option("temporal views per video in eval", minimum=1))
+    eval_crops: int = field(default=1, metadata=_option("spatial crops per view in eval", choices=(1, 3)))
+    num_workers: int = field(default_factory=default_num_workers, metadata=_option(
+        "DataLoader worker processes per rank", f"the cores available, at most 4: {default_num_workers()} here",
+        minimum=0))
     # model
-    model: str = field(default="vit_base_patch16_clip_224", metadata=dict(help="timm model name"))
-    model_kwargs: dict = field(default_factory=dict, metadata=dict(
-        help="JSON dict of extra timm.create_model arguments, e.g. '{\"depth\": 4}'"))
-    backbone_checkpoint: str = field(default=None, metadata=dict(
-        help="local file with the backbone's pretrained weights; default: random init"))
-    adapter_channels: int = field(default=384, metadata=dict(help="adapter bottleneck width Ca"))
-    kernel_size: typing.List[int] = field(default_factory=lambda: [3, 1, 1], metadata=dict(
-        help="adapter conv kernel kt kh kw"))
-    placement: typing.List[str] = field(default_factory=lambda: ["mlp"], metadata=dict(
-        help="adapter places in a block: attn and/or mlp"))
-    adapter_layers: typing.List[int] = field(default=None, metadata=dict(
-        help="block indices that get adapters; default: all"))
-    activation: str = field(default="gelu", metadata=dict(help="gelu, quick_gelu or none"))
-    pooling: str = field(default="mean_then_norm", metadata=dict(
-        help="mean_then_norm (the authors': pooled token averaged over time, then the final norm) or "
-             "norm_then_mean (per-frame normed features averaged)"))
-    authors_checkpoint: str = field(default=None, metadata=dict(
-        help="local file of the authors' released video model (adapters, backbone, head) to start from; "
-             "needs a QuickGELU CLIP model, activation none and pooling mean_then_norm"))
-    backend: str = field(default="auto", metadata=dict(help="adapter backend (auto, triton, reference)"))
-    linear_probe: bool = field(default=False, metadata=dict(
-        help="train the head only: adapters stay at their identity init (a plain frozen image model)"))
-    dropout: float = field(default=0.5, metadata=dict(help="dropout before the head"))
+    model: str = field(default="vit_base_patch16_clip_224", metadata=_option(
+        "timm model name (a VisionTransformer)"))
+    model_kwargs: dict = field(default_factory=dict, metadata=_option(
+        "JSON dict of extra timm.create_model arguments, e.g. '{\"depth\": 4}'"))
+    backbone_checkpoint: str = field(default=None, metadata=_option(
+        "local file with the backbone's pretrained weights", "random init"))
+    adapter_channels: int = field(default=384, metadata=_option("adapter bottleneck width Ca", minimum=1))
+    kernel_size: typing.List[int] = field(default_factory=lambda: [3, 1, 1], metadata=_option(
+        "adapter conv kernel kt kh kw (odd)"))
+    placement: typing.List[str] = field(default_factory=lambda: ["mlp"], metadata=_option(
+        "adapter places in a block: attn and/or mlp ('mlp' needs timm's ViT Block: use attn for EVA / RoPE ViTs)",
+        choices=PLACEMENTS))
+    adapter_layers: typing.List[int] = field(default=None, metadata=_option(
+        "block indices that get adapters", "every block"))
+    activation: str = field(default="gelu", metadata=_option(
+        "adapter activation (none: the authors' release)", choices=("gelu", "quick_gelu", "none")))
+    pooling: str = field(default=AUTHORS_POOLING, metadata=_option(
+        "mean_then_norm (the authors': pooled token averaged over time, then the final norm) or "
+        "norm_then_mean (per-frame normed features averaged)", choices=POOLINGS))
+    authors_checkpoint: str = field(default=None, metadata=_option(
+        "local file of the authors' released video model (adapters, backbone, head) to start from; "
+        "needs a QuickGELU CLIP model, activation none and pooling mean_then_norm"))
+    backend: str = field(default="auto", metadata=_option(
+        "adapter backend: auto (the compiled kernels of the tensors' device, else the Triton kernels on a GPU, "
+        "else the reference with a one-time warning saying why), cpu / cuda (the compiled kernels), triton, "
+        "reference (the authors' PyTorch computation)", choices=BACKENDS))
+    linear_probe: bool = field(default=False, metadata=_option(
+        "train the head only: adapters stay at their identity init (a plain frozen image model)"))
+    dropout: float = field(default=0.5, metadata=_option("dropout before the head", minimum=0.0, maximum=1.0))
     # optimisation
-    batch_size: int = field(default=8, metadata=dict(help="clips per process and micro-step"))
-    accum_steps: int = field(default=1, metadata=dict(help="micro-steps per optimizer step"))
-    steps: int = field(default=1000, metadata=dict(help="optimizer steps"))
-    warmup_steps: int = field(default=100, metadata=dict(help="linear warmup steps before the cosine decay"))
-    lr: float = field(default=3e-4, metadata=dict(help="peak learning rate"))
-    weight_decay: float = field(default=0.05, metadata=dict(help="AdamW weight decay (not on biases)"))
-    amp: str = field(default="none", metadata=dict(help="autocast dtype: none, bf16 or fp16"))
-    backbone_fp32: bool = field(default=False, metadata=dict(
-        help="keep the frozen backbone's weights in fp32 under --amp (default: in the amp dtype, as the "
-             "authors keep theirs in fp16)"))
-    grad_checkpointing: bool = field(default=False, metadata=dict(
-        help="recompute each backbone block in backward instead of keeping its activations (less memory, "
-             "more time)"))
-    seed: int = field(default=0, metadata=dict(help="seed of init, data order and augmentation"))
-    device: str = field(default=None, metadata=dict(help="cpu or cuda; default: cuda if available"))
+    batch_size: int = field(default=8, metadata=_option("clips per process and micro-step", minimum=1))
+    accum_steps: int = field(default=1, metadata=_option("micro-steps per optimizer step", minimum=1))
+    steps: int = field(default=1000, metadata=_option("optimizer steps", minimum=1))
+    warmup_steps: int = field(default=100, metadata=_option(
+        "linear warmup steps before the cosine decay", minimum=0))
+    lr: float = field(default=3e-4, metadata=_option("peak learning rate", minimum=0.0))
+    weight_decay: float = field(default=0.05, metadata=_option("AdamW weight decay (not on biases)", minimum=0.0))
+    amp: str = field(default="none", metadata=_option("autocast dtype", choices=("none", "bf16", "fp16")))
+    backbone_fp32: bool = field(default=False, metadata=_option(
+        "keep the frozen backbone's weights in fp32 under --amp, not in the amp dtype (as the authors keep "
+        "theirs in fp16)"))
+    grad_checkpointing: bool = field(default=False, metadata=_option(
+        "recompute each backbone block in backward instead of keeping its activations (less memory, "
+        "more time)"))
+    seed: int = field(default=0, metadata=_option("seed of init, data order and augmentation"))
+    device: str = field(default=None, metadata=_option("cpu, cuda or cuda:N", "cuda if available"))
     # bookkeeping
-    output_dir: str = field(default="runs/st-adapter", metadata=dict(help="where checkpoints and results go"))
-    save_every: int = field(default=0, metadata=dict(help="checkpoint every N steps (0: only at the end)"))
-    eval_every: int = field(default=0, metadata=dict(help="evaluate every N steps (0: only at the end)"))
-    log_every: int = field(default=10, metadata=dict(help="log.jsonl line every N steps"))
-    resume: bool = field(default=True, metadata=dict(help="continue from output_dir/checkpoint.pt if present"))
-    stop_at: int = field(default=None, metadata=dict(
-        help="stop after this step with a checkpoint, as if preempted; the schedule still spans `steps`"))
-    progress: bool = field(default=True, metadata=dict(help="progress bars (rank 0)"))
+    output_dir: str = field(default="runs/st-adapter", metadata=_option("where checkpoints and results go"))
+    save_every: int = field(default=0, metadata=_option(
+        "checkpoint every N steps (0: only at the end)", minimum=0))
+    eval_every: int = field(default=0, metadata=_option("evaluate every N steps (0: only at the end)", minimum=0))
+    log_every: int = field(default=10, metadata=_option("log.jsonl line every N steps", minimum=1))
+    resume: bool = field(default=True, metadata=_option(
+        "continue from output_dir/checkpoint.pt if present; --no-resume starts over, deleting the previous "
+        "run's checkpoint.pt, log.jsonl, metrics.json and adapters/ in output_dir"))
+    stop_at: int = field(default=None, metadata=_option(
+        "stop after this step with a checkpoint, as if preempted; the schedule still spans --steps",
+        "run to --steps", minimum=1))
+    progress: bool = field(default=True, metadata=_option("progress bars (rank 0)"))
 
     def __post_init__(self):
-        if self.amp not in ("none", "bf16", "fp16"):
-            raise ValueError(f"amp must be none, bf16 or fp16, got {self.amp!r}")
-        for name in ("num_frames", "input_size", "batch_size", "accum_steps", "steps", "eval_views"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        from .integrations.timm import AUTHORS_POOLING, POOLINGS
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        values = coerce_config_values({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, "config")
+        for f in dataclasses.fields(self):
+            value = values[f.name]
+            setattr(self, f.name, value)
+            for item in value if isinstance(value, list) else [] if value is None else [value]:
+                _check_value(f, item)
+        if not self.placement:
+            raise ValueError(f"{_key('placement')} needs at least one of {PLACEMENTS}")
+        try:
+            check_kernel_size(self.kernel_size)
+        except ValueError as error:
+            raise ValueError(f"{_key('kernel_size')}: {error}") from None
+        try:
+            check_timm_model_name(self.model)
+        except ValueError as error:
+            raise ValueError(f"{_key('model')}: {error}") from None
         if self.authors_checkpoint and self.pooling != AUTHORS_POOLING:
-            raise ValueError(f"authors_checkpoint needs pooling {AUTHORS_POOLING!r} (the authors' order), got "
-                             f"{self.pooling!r}")
+            raise ValueError(f"{_key('authors_checkpoint')} needs pooling {AUTHORS_POOLING!r} (the authors' "
+                             f"order), got {self.pooling!r}")
 
     @classmethod
     def from_dict(cls, values, source="config"):
-        """A config from a dict (e.g. a YAML/JSON file); unknown keys raise ValueError naming `source`."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"{source}: unknown config keys {unknown}")
-        return cls(**values)
+        """A config from a dict of field values (e.g. a YAML/JSON file's), each converted to its field's type
+        where that is safe (`lr: 3e-3`, a string to YAML, becomes a float; a single `placement: mlp`
+        a list); an unknown key or a value that does not convert raises ValueError naming `source` and
+        the key."""
+        return cls(**coerce_config_values(values, source))
+
+
+def _key(name):
+    """How errors name a field: the config key and its flag."""
+    return f"{name} (--{name.replace('_', '-')})"
+
+
+def _check_value(f, value):
+    checks = f.metadata
+    if checks.get("choices") is not None and value not in checks["choices"]:
+        raise ValueError(f"{_key(f.name)} must be one of {', '.join(map(str, checks['choices']))}, got {value!r}")
+    if checks.get("minimum") is not None and value < checks["minimum"]:
+        raise ValueError(f"{_key(f.name)} must be >= {checks['minimum']}, got {value!r}")
+    if checks.get("maximum") is not None and value > checks["maximum"]:
+        raise ValueError(f"{_key(f.name)} must be <= {checks['maximum']}, got {value!r}")
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+               dict: "a mapping (JSON object)"}
+
+
+def _convert(kind, value):
+    """`value` as `kind` (bool, int, float, str or dict), converting only what means the same (the string
+    "3e-3" to a float, 8.0 to an int, "true" to a bool, a JSON string to a dict); else ValueError."""
+    if kind is bool and isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+        return value.lower() in _TRUE
+    if kind in (int, float) and isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            value = float(value)   # a ValueError here too: not a number
+    if kind in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if kind is float:
+            return float(value)
+        if isinstance(value, int) or value.is_integer():
+            return int(value)
+    if kind is dict and isinstance(value, str):
+        value = json.loads(value)   # json.JSONDecodeError is a ValueError
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise ValueError(f"not a {kind.__name__}")
+
+
+def coerce_config_values(values, source):
+    """`values` with each converted to its TrainConfig field's type (see TrainConfig.from_dict)."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{source}: unknown config keys {unknown}")
+    hints = typing.get_type_hints(TrainConfig)
+    out = {}
+    for name, value in values.items():
+        kind = hints[name]
+        is_list = typing.get_origin(kind) is list
+        item_kind = typing.get_args(kind)[0] if is_list else kind
+        if value is None:
+            if fields[name].default is not None:
+                raise ValueError(f"{source}: {name}: must be given, got None")
+            out[name] = None
+            continue
+        items = list(value) if is_list and isinstance(value, (list, tuple)) else [value]
+        try:
+            converted = [_convert(item_kind, item) for item in items]
+        except ValueError:
+            expected = ("a list of " if is_list else "") + _KIND_NAMES[item_kind]
+            raise ValueError(f"{source}: {name}: expected {expected}, got {value!r}") from None
+        out[name] = converted if is_list else converted[0]
+    return out
+
+
+def config_warnings(config):
+    """What in `config` is legal but probably not what was meant (the CLI prints these)."""
+    messages = []
+    if not config.backbone_checkpoint and not config.authors_checkpoint:
+        messages.append(f"the backbone {config.model} is randomly initialised (no --backbone-checkpoint or "
+                        "--authors-checkpoint): fine to try the tool, not for real accuracy")
+    if config.steps <= config.warmup_steps:
+        messages.append(f"--steps {config.steps} <= --warmup-steps {config.warmup_steps}: the learning rate never "
+                        f"leaves its linear warm-up (it reaches {config.steps}/{config.warmup_steps} of "
+                        f"--lr {config.lr:g})")
+    return messages
 
 
 # Fields that do not change what a run computes: they may differ when resuming.
 _BOOKKEEPING = {"num_workers", "output_dir", "save_every", "eval_every", "log_every", "resume", "stop_at",
                 "progress", "val_list", "eval_views", "eval_crops"}
+# What `eval` uses of a config besides the run's own (its flags).
+EVAL_FIELDS = ("val_list", "data_root", "eval_views", "eval_crops", "batch_size", "num_workers", "amp", "backend",
+               "device", "progress")
+# Paths that train_config.json stores absolute, so that eval works from any directory.
+_PATH_FIELDS = ("train_list", "val_list", "data_root", "backbone_checkpoint", "authors_checkpoint", "output_dir")
 
 
 def load_config_file(path):
-    """A dict from a YAML (.yaml/.yml) or JSON file."""
+    """The values of a YAML (.yaml/.yml) or JSON config file, each converted to its field's type (see
+    TrainConfig.from_dict); errors name the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    import yaml
     with open(path) as f:
-        if path.endswith((".yaml", ".yml")):
-            import yaml
-            values = yaml.safe_load(f) or {}
-        else:
-            values = json.load(f)
+        try:
+            values = (yaml.safe_load(f) or {}) if path.endswith((".yaml", ".yml")) else json.load(f)
+        except (ValueError, yaml.YAMLError) as error:
+            raise ValueError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} "
+                             f"({' '.join(str(error).split())})") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
-    return values
+    return coerce_config_values(values, path)
 
 
-def add_config_arguments(parser, exclude=()):
-    """One `--field-name` flag per TrainConfig field (lists take several values, dicts a JSON string,
-    bools --x/--no-x), plus `--config FILE` (YAML or JSON). Flags not given stay out of the namespace."""
+def add_config_arguments(parser, only=None, default_text=None):
+    """One `--field-name` flag per TrainConfig field (or per field in `only`; lists take several values,
+    dicts a JSON string, bools --x/--no-x), with its default in the help (or `default_text` for every
+    flag), plus `--config FILE` (YAML or JSON) unless `only` is given. Flags not given stay out of the
+    namespace."""
     import argparse
-    parser.add_argument("--config", help="YAML or JSON file of config keys; flags override it")
+    if only is None:
+        parser.add_argument("--config", help="YAML or JSON file of config keys (flag names with underscores); "
+                                             "flags override it")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        if f.name in exclude:
+        if only is not None and f.name not in only:
             continue
         kind = hints[f.name]
-        options = dict(default=argparse.SUPPRESS, help=f.metadata.get("help"))
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        shown = default_text or f.metadata.get("default_text") or (
+            " ".join(map(str, default)) if isinstance(default, list)
+            else json.dumps(default) if isinstance(default, dict) else "none" if default is None else default)
+        options = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {shown})")
         if kind is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif kind is dict:
-            options["type"] = json.loads
+            options["type"] = _json_object
+            options["metavar"] = "JSON"
         elif typing.get_origin(kind) is list:
             options.update(nargs="+", type=typing.get_args(kind)[0])
         else:
             options["type"] = kind
+        if f.metadata.get("choices") and kind is not bool:
+            options["choices"] = f.metadata["choices"]
         parser.add_argument("--" + f.name.replace("_", "-"), **options)
+
+
+def _json_object(text):
+    import argparse
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON ({error}): expected an object, e.g. '{{\"depth\": 4}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, e.g. '{{\"depth\": 4}}', got {text}")
+    return value
 
 
 def config_values_from_args(args):
     """The config keys of a namespace from `add_config_arguments`: the --config file's, then the flags'."""
-    values = load_config_file(args.config) if args.config else {}
+    values = load_config_file(args.config) if getattr(args, "config", None) else {}
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values.update({k: v for k, v in vars(args).items() if k in names})
+    return values
+
+
+def absolute_paths(config):
+    """`config` as a dict with its paths made absolute (train_config.json: eval then works from anywhere)."""
+    values = dataclasses.asdict(config)
+    values.update({name: os.path.abspath(values[name]) for name in _PATH_FIELDS if values[name]})
     return values
 
 
@@ -178,6 +340,8 @@ def setup_distributed(device=None):
     """(rank, world_size, device). Under torchrun (WORLD_SIZE > 1) joins the process group: nccl when
     the device is CUDA, gloo otherwise."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device (--device) {device!r}: no CUDA device is available here; use cpu")
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     if device == "cuda":
@@ -202,21 +366,26 @@ def _all_reduce_sum(values, device, world_size):
 _AMP_DTYPES = dict(bf16=torch.bfloat16, fp16=torch.float16)
 
 
+def classifier_arguments(config):
+    """The build_video_classifier arguments of `config` (the model part of a run). Under `amp` the frozen
+    backbone's weights are kept in the amp dtype unless `backbone_fp32`; init draws from `config.seed`."""
+    return dict(model_name=config.model, num_classes=config.num_classes, num_frames=config.num_frames,
+                checkpoint_path=config.backbone_checkpoint, dropout=config.dropout,
+                backbone_dtype=None if config.backbone_fp32 else _AMP_DTYPES.get(config.amp), pooling=config.pooling,
+                model_kwargs=dict(dict(img_size=config.input_size), **config.model_kwargs), seed=config.seed,
+                adapter_channels=config.adapter_channels, kernel_size=tuple(config.kernel_size),
+                placement=tuple(config.placement), layers=config.adapter_layers,
+                activation=None if config.activation == "none" else config.activation, backend=config.backend)
+
+
 def build_model(config):
-    """The VideoClassifier of `config`, initialised from `config.seed` (the same on every rank). Under
-    `amp` the frozen backbone's weights are kept in the amp dtype unless `backbone_fp32`."""
+    """The VideoClassifier of `config`, initialised from `config.seed` (the same on every rank), with the
+    authors' checkpoint loaded if there is one."""
     from .integrations.timm import build_video_classifier, load_authors_checkpoint
-    torch.manual_seed(config.seed)
-    model = build_video_classifier(
-        config.model, config.num_classes, num_frames=config.num_frames,
-        checkpoint_path=config.backbone_checkpoint, dropout=config.dropout,
-        backbone_dtype=None if config.backbone_fp32 else _AMP_DTYPES.get(config.amp), pooling=config.pooling,
-        model_kwargs=dict(dict(img_size=config.input_size), **config.model_kwargs),
-        adapter_channels=config.adapter_channels, kernel_size=tuple(config.kernel_size),
-        placement=tuple(config.placement), layers=config.adapter_layers,
-        activation=None if config.activation == "none" else config.activation, backend=config.backend)
+    model = build_video_classifier(**classifier_arguments(config))
     if config.authors_checkpoint:
         load_authors_checkpoint(model, config.authors_checkpoint)
+        model.build_arguments["authors_checkpoint"] = os.path.abspath(config.authors_checkpoint)
     if config.grad_checkpointing:
         model.backbone.set_grad_checkpointing(True)
     if config.linear_probe:
@@ -428,19 +597,31 @@ def _seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def check_can_train(config):
+    """ValueError naming what a training run needs and `config` lacks (train_list, num_classes)."""
+    missing = [_key(name) for name in ("train_list", "num_classes") if getattr(config, name) is None]
+    if missing:
+        raise ValueError(f"train needs {' and '.join(missing)}")
+
+
 def train(config):
     """Train as `config` says (under torchrun: one process per rank). Returns a dict with `history`
     (logged steps and evals of this process's run), `metrics` (final eval, if there is a val_list),
-    `parameters` (a ParameterReport), `wall_time_s` and `model` (the trained VideoClassifier)."""
+    `parameters` (a ParameterReport), `steps_done`, `wall_time_s` and `model` (the trained VideoClassifier).
+
+    Prints (rank 0) when it resumes, each periodic eval and, with `resume=False`, what it deleted."""
     from torch.nn.parallel import DistributedDataParallel
     from tqdm import tqdm
 
     from .checkpoint import save_adapters
     from .report import parameter_report
-    if config.train_list is None or config.num_classes is None:
-        raise ValueError("train needs train_list and num_classes")
+    check_can_train(config)
     started = time.perf_counter()
     rank, world_size, device = setup_distributed(config.device)
+    # the data first: a wrong list or root fails in seconds, before a model is built or a step is run
+    loader, sampler = make_train_loader(config, rank, world_size, device)
+    if config.val_list:
+        read_video_list(config.val_list, config.data_root, config.num_classes)
     model = build_model(config).to(device)
     _seed_everything(config.seed + rank)   # dropout differs between ranks, as with independent samples
     trained = DistributedDataParallel(model) if world_size > 1 else model
@@ -449,11 +630,13 @@ def train(config):
     position = dict(step=0, epoch=0, batch=0)
     os.makedirs(config.output_dir, exist_ok=True)
     checkpoint = os.path.join(config.output_dir, CHECKPOINT_NAME)
+    if not config.resume and rank == 0:
+        _remove_previous_run(config.output_dir)
     if config.resume and os.path.exists(checkpoint):
         position = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler, config, rank, world_size)
-    loader, sampler = make_train_loader(config, rank, world_size, device)
+        _say(rank, f"resumed from step {position['step']} of {config.steps} ({checkpoint})")
     batches = _batches(loader, sampler, position)
-    log = _Log(os.path.join(config.output_dir, "log.jsonl"), enabled=rank == 0)
+    log = _Log(os.path.join(config.output_dir, LOG_NAME), enabled=rank == 0)
     skips, window = SkipCounter(), dict(loss=0.0, correct=0, clips=0, steps=0, time=time.perf_counter())
     last = min(config.steps, config.stop_at or config.steps)
     bar = tqdm(total=config.steps, initial=position["step"], desc="train", unit="step",
@@ -476,28 +659,69 @@ def train(config):
         if (config.save_every and step % config.save_every == 0) or step == last:
             save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, position, config, rank, world_size)
         if config.val_list and config.eval_every and step % config.eval_every == 0 and step < config.steps:
-            log.write(dict(step=step, **evaluate(model, config, device, rank, world_size)))
+            metrics = evaluate(model, config, device, rank, world_size)
+            log.write(dict(step=step, **metrics))
+            _say(rank, f"step {step}: {format_metrics(metrics)}")
     bar.close()
     result = dict(history=log.history, metrics=None, parameters=parameter_report(model), model=model,
-                  skipped_train_videos=len(skips), backbone_compute_dtype=backbone_dtype)
+                  skipped_train_videos=len(skips), backbone_compute_dtype=backbone_dtype, steps_done=position["step"])
     if position["step"] == config.steps:
         result["metrics"] = _finish(model, config, device, rank, world_size, log, save_adapters)
     result["wall_time_s"] = time.perf_counter() - started
     return result
 
 
+def _say(rank, message):
+    """A line for the user on rank 0 (through tqdm, so that a progress bar stays whole)."""
+    if rank == 0:
+        from tqdm import tqdm
+        tqdm.write(message)
+
+
+def format_metrics(metrics):
+    """One line for an evaluate() result."""
+    return (f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}% on {metrics['videos']} of "
+            f"{metrics['listed']} videos ({metrics['skipped']} unreadable, skipped)")
+
+
+def _remove_previous_run(output_dir):
+    """--no-resume: delete what an earlier run wrote to output_dir (our files only), saying what."""
+    import shutil
+    removed = []
+    for name in RUN_FILES:
+        path = os.path.join(output_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+            name += "/"
+        elif os.path.exists(path):
+            os.remove(path)
+        else:
+            continue
+        removed.append(name)
+    if removed:
+        _say(0, f"--no-resume: deleted the previous run's {', '.join(removed)} in {output_dir}")
+
+
+def checkpoint_step(output_dir):
+    """The step of output_dir's checkpoint, or None if there is none."""
+    path = os.path.join(output_dir, CHECKPOINT_NAME)
+    if not os.path.exists(path):
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)["position"]["step"]
+
+
 def _finish(model, config, device, rank, world_size, log, save_adapters):
     """Adapter-only result and final eval of a completed run."""
     metrics = None
     if rank == 0:
-        path = save_adapters(model, os.path.join(config.output_dir, "adapters"))
-        with open(os.path.join(path, "train_config.json"), "w") as f:
-            json.dump(dataclasses.asdict(config), f, indent=1)
+        path = save_adapters(model, os.path.join(config.output_dir, ADAPTERS_NAME))
+        with open(os.path.join(path, TRAIN_CONFIG_NAME), "w") as f:
+            json.dump(absolute_paths(config), f, indent=1)
     if config.val_list:
         metrics = evaluate(model, config, device, rank, world_size)
         log.write(dict(step=config.steps, **metrics))
         if rank == 0:
-            with open(os.path.join(config.output_dir, "metrics.json"), "w") as f:
+            with open(os.path.join(config.output_dir, METRICS_NAME), "w") as f:
                 json.dump(metrics, f, indent=1)
     return metrics
 
@@ -530,13 +754,13 @@ def evaluate_adapters(adapters_dir, overrides=None):
     """Build the model that `adapters_dir` (a run's adapters/ folder with train_config.json) was trained
     as, load its adapters and head, and evaluate on `overrides["val_list"]` or the run's val_list."""
     from .checkpoint import load_adapters
-    config_path = os.path.join(adapters_dir, "train_config.json")
+    config_path = os.path.join(adapters_dir, TRAIN_CONFIG_NAME)
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{config_path} not found: expected the adapters/ folder of a train run")
     values = dict(load_config_file(config_path), **(overrides or {}))
     config = TrainConfig.from_dict(values, source=config_path)
     if not config.val_list:
-        raise ValueError("eval needs a val_list")
+        raise ValueError(f"eval needs {_key('val_list')}: the run had none")
     rank, world_size, device = setup_distributed(config.device)
     model = load_adapters(build_model(config), adapters_dir).to(device)
     return evaluate(model, config, device, rank, world_size)

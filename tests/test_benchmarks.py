@@ -31,11 +31,37 @@ def test_bench_harness_writes_and_upserts(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "implementations", lambda device: {
         "reference eager": lambda x, T, *p: saf.st_adapter(x, T, *p, backend="reference")})
     out = tmp_path / "r.json"
-    bench.main(["--quick", "--out", str(out)])
-    bench.main(["--quick", "--out", str(out)])
+    bench.main(["--quick", "--out", str(out), "--rounds", "3"])
+    bench.main(["--quick", "--out", str(out), "--rounds", "3"])
     rows = json.loads(out.read_text())["rows"]
     assert {(r["mode"], r["impl"]) for r in rows} == {("fwd", "reference eager"), ("fwd+bwd", "reference eager")}
     assert len(rows) == 2 and all(r["median_ms"] > 0 and r["floor_ms"] > 0 for r in rows)
+    assert all({"graph_ms", "graph_over_floor", "spread_ms", "speedup_vs_reference"} <= set(r) for r in rows)
+
+
+def test_bench_output_labels_every_column_and_uses_sensible_units(capsys, monkeypatch):
+    monkeypatch.setattr(bench, "CPU_CONFIGS", {"small": (1, 2, 10, 16, 8)})
+    monkeypatch.setattr(bench, "implementations", lambda device: {
+        "reference eager": lambda x, T, *p: saf.st_adapter(x, T, *p, backend="reference"),
+        "linears only (no conv/act)": bench.linears_only})
+    result = bench.main(["--quick", "--rounds", "4", "--no-progress"])
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("config"))
+    for label in ("implementation", "median ms", "spread ms", "vs authors'", "floor ms", "x floor", "saved MiB"):
+        assert label in header
+    device_line = next(line for line in lines if line.startswith("device:"))
+    assert " 0.0 " not in device_line and "FLOP/s" in device_line and "B/s" in device_line
+    rows = [line for line in lines if line.startswith("small")]
+    assert len(rows) == 4 and all(len(line.split()) >= 8 for line in rows)
+    assert all(r["rounds"] == 4 and len(r["speedup_spread"]) == 2 for r in result["rows"])
+    assert bench.si(1.45e11, "FLOP/s") == "145 GFLOP/s" and bench.si(3.1e12, "B/s") == "3.1 TB/s"
+
+
+def test_bench_silences_the_cuda_home_warning(caplog):
+    import logging
+    with bench._quiet_cuda_home_warning():
+        logging.getLogger("torch.utils.cpp_extension").warning("No CUDA runtime is found, using CUDA_HOME='/x'")
+    assert "CUDA_HOME" not in caplog.text
 
 
 @pytest.mark.compiled
@@ -59,8 +85,35 @@ def test_end_to_end_runs_every_variant_and_records_what_ran(tmp_path, monkeypatc
 
 
 def test_plot_from_results(tmp_path):
+    """Bars only where measured (triton has no small row: no zero bar), linears-only as a dashed line."""
     plot_results = pytest.importorskip("plot_results")
-    rows = [dict(config="vit-b16", dtype="bfloat16", mode="fwd+bwd", impl=impl, speedup_vs_reference=s)
-            for impl, s in [("reference eager", 1.0), ("triton", 3.0)]]
-    out = plot_results.plot(dict(device="test", torch="x", rows=rows), out=str(tmp_path / "p.png"))
+    rows = [dict(config=config, dtype="bfloat16", mode="fwd+bwd", impl=impl, speedup_vs_reference=s)
+            for config, impl, s in [("vit-b16", "reference eager", 1.0), ("vit-b16", "triton", 3.0),
+                                    ("vit-b16", "linears only (no conv/act)", 4.0), ("small", "reference eager", 1.0)]]
+    result = dict(device="a device with a long name " * 3, torch="x", rows=rows)
+    fig = plot_results.figure(result)
+    ax = fig.axes[0]
+    assert sorted(round(bar.get_height(), 3) for bar in ax.patches) == [1.0, 1.0, 3.0]
+    dashed = [c for c in ax.collections if c.get_linestyle()[0][1] is not None]
+    assert len(dashed) == 1 and dashed[0].get_segments()[0][0][1] == 4.0
+    assert "linears only" not in [t.get_text() for t in ax.get_xticklabels()]
+    out = plot_results.plot(result, out=str(tmp_path / "p.png"))
     assert os.path.getsize(out) > 1000
+
+
+def test_gpu_branch_of_the_harness_keeps_its_fields(monkeypatch):
+    """The GPU code path (do_bench medians, CUDA-graph times, progress per implementation) on CPU tensors,
+    with the GPU-only timers replaced: its rows keep graph_ms / graph_over_floor / floor_ms."""
+    real_inputs = bench.adapter_inputs
+    monkeypatch.setattr(bench, "adapter_inputs", lambda *shape_device_dtype: real_inputs(
+        *shape_device_dtype[:5], "cpu", shape_device_dtype[6]))
+    monkeypatch.setattr(bench, "graph_time_ms", lambda step, quick=False: 0.5)
+    impls = {"reference eager": lambda x, T, *p: saf.st_adapter(x, T, *p, backend="reference"),
+             "broken": lambda x, T, *p: 1 / 0}
+    progress = type("Progress", (), {"count": 0, "update": lambda self: setattr(self, "count", self.count + 1)})()
+    rows = bench.bench_config("small", (1, 2, 10, 16, 8), torch.float32, "cuda", impls,
+                              lambda fn: (fn(), (2.0, (1.0, 3.0)))[1], 1e9, 1e9, quick=True, progress=progress)
+    assert [(r["mode"], r["impl"]) for r in rows] == [("fwd", "reference eager"), ("fwd+bwd", "reference eager")]
+    assert all(r["graph_ms"] == 0.5 and r["graph_over_floor"] == 0.5 / r["floor_ms"] and r["median_ms"] == 2.0
+               and "rounds" not in r for r in rows)
+    assert progress.count == 2   # one per implementation that ran, per mode

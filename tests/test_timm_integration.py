@@ -122,12 +122,12 @@ def test_num_frames_is_per_model_and_shared_by_threads():
     import threading
     a, b = add_st_adapters(tiny_vit(), 16, num_frames=2), add_st_adapters(tiny_vit(), 16, num_frames=2)
     set_num_frames(a, 4)
-    assert b._st_adapter_frames.num_frames == 2
+    assert b._st_adapter_state.num_frames == 2
     seen = []
-    thread = threading.Thread(target=lambda: seen.append(a._st_adapter_frames.num_frames))
+    thread = threading.Thread(target=lambda: seen.append(a._st_adapter_state.num_frames))
     thread.start()
     thread.join()
-    assert seen == [4] and a._st_adapter_frames.num_frames == 4
+    assert seen == [4] and a._st_adapter_state.num_frames == 4
 
 
 def test_low_precision_frozen_backbone():
@@ -160,7 +160,7 @@ def test_deepcopy_and_pickle_give_independent_working_models():
 def test_set_num_frames():
     model = add_st_adapters(tiny_vit(), 16, num_frames=2)
     set_num_frames(model, 4)
-    assert model._st_adapter_frames.num_frames == 4
+    assert model._st_adapter_state.num_frames == 4
     with pytest.raises(ValueError):
         set_num_frames(model, 0)
     with pytest.raises(ValueError, match="no ST-Adapters"):

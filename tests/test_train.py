@@ -177,7 +177,7 @@ def test_frozen_image_model_with_mean_pooling_cannot_tell_a_clip_from_its_revers
 
 def test_demo_runs_end_to_end_on_a_tiny_config(tmp_path):
     assert cli.main(["demo", "--out", str(tmp_path), "--num-train", "8", "--num-val", "4", "--steps", "3",
-                     "--batch-size", "2", "--workers", "0", "--depth", "1"]) == 0
+                     "--batch-size", "2", "--num-workers", "0", "--depth", "1"]) == 0
     results = json.loads((tmp_path / "demo.json").read_text())
     assert results["models"]["linear_probe"]["trainable_params"] == 192 * 2 + 2
     assert results["models"]["st_adapters"]["trainable_params"] > 192 * 2 + 2

@@ -9,8 +9,12 @@ modules of the blocks (`blocks.{i}.st_adapter_attn` / `st_adapter_mlp`) applied 
   attention branch b) returns adapter(x + b) - x, so the block's residual add gives x' = adapter(x + b)
   and the block returns x' + mlp(norm2(x')).
 
-The frame count is a per-model setting (`set_num_frames`), read by that model's adapters only.
+The frame count is a per-model setting (`set_num_frames`), read by that model's adapters only, as is
+whether they are on (`disable_adapters`); `remove_st_adapters` undoes `add_st_adapters`.
 `VideoClassifier` turns an adapted backbone into the authors' video model.
+
+Adapters cannot be merged into the backbone's weights (as LoRA's can): the temporal conv mixes the
+tokens of neighbouring frames, which no per-frame linear layer of the image model can compute.
 """
 import contextlib
 import os
@@ -25,13 +29,15 @@ from ..validation import check_kernel_size
 PLACEMENTS = ("attn", "mlp")
 
 
-class _Frames:
-    """Frames per clip for one adapted model, shared by its adapters and never by two models. One value
-    for every thread: autograd's worker threads recompute checkpointed blocks with the value that the
-    forward set (a thread-local value would give them the initial one)."""
+class _AdapterState:
+    """Frames per clip, and whether the adapters are on, for one adapted model: shared by its adapters'
+    hooks and never by two models. One value for every thread: autograd's worker threads recompute
+    checkpointed blocks with the value that the forward set (a thread-local value would give them the
+    initial one)."""
 
     def __init__(self, num_frames):
         self.num_frames = num_frames
+        self.enabled = True
 
 
 def _layer_indices(num_blocks, layers):
@@ -50,13 +56,15 @@ def _layer_indices(num_blocks, layers):
 # the copy's adapters and frame slot (deepcopy maps their attributes through its memo), and pickling works.
 
 class _PreAttnHook:
-    """Forward pre-hook of a block: its input x becomes adapter(x)."""
+    """Forward pre-hook of a block: its input x becomes adapter(x) (unchanged while disabled)."""
 
-    def __init__(self, frames):
-        self.frames = frames
+    def __init__(self, state):
+        self.state = state
 
     def __call__(self, block, args, kwargs):
-        return (block.st_adapter_attn(args[0], self.frames.num_frames), *args[1:]), kwargs
+        if not self.state.enabled:
+            return None
+        return (block.st_adapter_attn(args[0], self.state.num_frames), *args[1:]), kwargs
 
 
 class _PreMlpHooks:
@@ -69,21 +77,23 @@ class _PreMlpHooks:
     activation checkpointing's recomputation (which may stop right after the last saved tensor) always
     finds it and never leaves it behind."""
 
-    def __init__(self, block, frames):
-        self.block, self.frames, self.inputs = block, frames, []
+    def __init__(self, block, state):
+        self.block, self.state, self.inputs = block, state, []
 
     def keep_block_input(self, block, args, kwargs):
         self.inputs.append(args[0])
 
     def adapt_attention_output(self, drop_path1, args, branch):
         x = self.inputs.pop()
-        return self.block.st_adapter_mlp(x + branch, self.frames.num_frames) - x
+        if not self.state.enabled:
+            return None
+        return self.block.st_adapter_mlp(x + branch, self.state.num_frames) - x
 
 
-def _attach_pre_attn(block, adapter, frames):
+def _attach_pre_attn(block, adapter, state):
     block.st_adapter_attn = adapter
     # prepend: runs before the pre-MLP adapter's hook, which must see the block input after this adapter
-    return [block.register_forward_pre_hook(_PreAttnHook(frames), with_kwargs=True, prepend=True)]
+    return [block.register_forward_pre_hook(_PreAttnHook(state), with_kwargs=True, prepend=True)]
 
 
 def _check_supports_pre_mlp(block):
@@ -92,12 +102,12 @@ def _check_supports_pre_mlp(block):
     # post-norm or parallel blocks order their modules differently and would be adapted at the wrong place.
     if not isinstance(block, Block):
         raise TypeError(f"placement 'mlp' supports timm's pre-norm vision_transformer.Block, not "
-                        f"{type(block).__name__}; placement 'attn' works with any block")
+                        f"{type(block).__name__} (e.g. EVA and RoPE ViTs); placement 'attn' works with any block")
 
 
-def _attach_pre_mlp(block, adapter, frames):
+def _attach_pre_mlp(block, adapter, state):
     block.st_adapter_mlp = adapter
-    hooks = _PreMlpHooks(block, frames)
+    hooks = _PreMlpHooks(block, state)
     return [block.register_forward_pre_hook(hooks.keep_block_input, with_kwargs=True),
             block.drop_path1.register_forward_hook(hooks.adapt_attention_output)]
 
@@ -109,18 +119,20 @@ def add_st_adapters(model, adapter_channels=384, kernel_size=(3, 1, 1), placemen
     Args:
         model: a timm VisionTransformer (`model.blocks`, `model.embed_dim`, `model.num_prefix_tokens`).
         adapter_channels: Ca of every adapter (the paper: 384 for ViT-B).
-        kernel_size: the depthwise conv kernel (kt, kh, kw).
-        placement: ("mlp",) (the authors' K400 model), ("attn",) or ("attn", "mlp").
+        kernel_size: the depthwise conv kernel (kt, kh, kw), or an int kt for (kt, 1, 1).
+        placement: "mlp" / ("mlp",) (the authors' K400 model), "attn" / ("attn",) or ("attn", "mlp").
+            Before the MLP needs timm's pre-norm `vision_transformer.Block` (EVA and RoPE ViTs have other
+            blocks: use "attn" there); before attention works with any block.
         layers: None (every block), an int N (the last N blocks) or a list of block indices.
         num_frames: frames per clip the model will see (change with `set_num_frames`).
         activation, backend: as for `STAdapter`.
-        freeze: freeze every parameter that is not an adapter's.
+        freeze: freeze every parameter that is not an adapter's (`remove_st_adapters` restores the
+            requires_grad flags they had before).
 
-    The model records its adapter configuration in `model.st_adapter_config` (used by save/load).
+    The adapters are modules `blocks.{i}.st_adapter_attn` / `blocks.{i}.st_adapter_mlp`, applied through
+    hooks; `adapter_config(model)` is the configuration recorded here (used by save/load).
     """
-    placement = tuple(placement)
-    if not placement or any(p not in PLACEMENTS for p in placement):
-        raise ValueError(f"placement must be a non-empty subset of {PLACEMENTS}, got {placement!r}")
+    placement = _check_placement(placement)
     if getattr(model, "st_adapter_config", None) is not None:
         raise ValueError("this model already has ST-Adapters")
     for attr in ("blocks", "embed_dim", "num_prefix_tokens", "patch_embed"):
@@ -132,7 +144,8 @@ def add_st_adapters(model, adapter_channels=384, kernel_size=(3, 1, 1), placemen
         for i in indices:
             _check_supports_pre_mlp(model.blocks[i])
     kernel_size = check_kernel_size(kernel_size)
-    frames = _Frames(num_frames)
+    state = _AdapterState(num_frames)
+    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     if freeze:
         model.requires_grad_(False)
     device = next(model.parameters()).device
@@ -143,39 +156,88 @@ def add_st_adapters(model, adapter_channels=384, kernel_size=(3, 1, 1), placemen
                                 num_prefix_tokens=model.num_prefix_tokens, grid_size=grid_size,
                                 backend=backend).to(device)
             attach = _attach_pre_attn if where == "attn" else _attach_pre_mlp
-            handles += attach(model.blocks[i], adapter, frames)
+            handles += attach(model.blocks[i], adapter, state)
     model.st_adapter_config = dict(adapter_channels=adapter_channels, kernel_size=list(kernel_size),
                                    placement=list(placement), layers=indices, activation=activation,
                                    num_prefix_tokens=model.num_prefix_tokens, embed_dim=model.embed_dim,
                                    num_blocks=len(model.blocks))
-    model._st_adapter_frames = frames
+    model._st_adapter_state = state
     model._st_adapter_hooks = handles
+    model._st_adapter_requires_grad = requires_grad
     return model
 
 
+def _check_placement(placement):
+    """`placement` as a tuple in the canonical order ("attn" before "mlp"); a single name may be a string."""
+    names = (placement,) if isinstance(placement, str) else tuple(placement)
+    if not names or any(p not in PLACEMENTS for p in names):
+        raise ValueError(f"placement must be 'attn', 'mlp' or a non-empty subset of {PLACEMENTS}, got {placement!r}")
+    return tuple(p for p in PLACEMENTS if p in names)
+
+
+def remove_st_adapters(model):
+    """Undo `add_st_adapters` in place and return `model`: the hooks and adapter modules are gone, the
+    parameters' requires_grad flags are what they were before, and the model computes what the plain
+    backbone computes. `model` is the adapted timm model or a module holding it (a VideoClassifier, which
+    then classifies with the plain frozen backbone: a linear probe)."""
+    adapted = _adapted_module(model)
+    for handle in adapted._st_adapter_hooks:
+        handle.remove()
+    for block in adapted.blocks:
+        for name in ("st_adapter_attn", "st_adapter_mlp"):
+            if hasattr(block, name):
+                delattr(block, name)
+    for name, p in adapted.named_parameters():
+        p.requires_grad_(adapted._st_adapter_requires_grad.get(name, p.requires_grad))
+    for name in ("st_adapter_config", "_st_adapter_state", "_st_adapter_hooks", "_st_adapter_requires_grad"):
+        delattr(adapted, name)
+    return model
+
+
+@contextlib.contextmanager
+def disable_adapters(model):
+    """Context manager: inside it, `model` (adapted, or a module holding the adapted model) computes
+    exactly what the plain backbone computes, as if its adapters were not there; they are back on exit,
+    also when the block raises. Nests. (Activation checkpointing recomputes blocks in backward: run the
+    backward inside the block too.)"""
+    state = _state_of(model)
+    enabled, state.enabled = state.enabled, False
+    try:
+        yield model
+    finally:
+        state.enabled = enabled
+
+
 def set_num_frames(model, num_frames):
-    """Frames per clip that this model's adapters assume from now on."""
+    """Frames per clip that this model's adapters assume from now on (`model` is the adapted model or a
+    module holding it; a VideoClassifier sets it from each video it gets)."""
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
         raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
-    _frames_of(model).num_frames = num_frames
+    _state_of(model).num_frames = num_frames
 
 
-def _adapted_attribute(model, name):
-    """`name` as set by add_st_adapters on `model` or the adapted module inside it (a VideoClassifier)."""
+def _adapted_module(model):
+    """`model` or the module inside it that add_st_adapters adapted."""
     for m in model.modules():
-        value = getattr(m, name, None)
-        if value is not None:
-            return value
+        if getattr(m, "st_adapter_config", None) is not None:
+            return m
     raise ValueError("the model has no ST-Adapters (use add_st_adapters or build_video_classifier)")
 
 
-def _frames_of(model):
-    return _adapted_attribute(model, "_st_adapter_frames")
+def has_st_adapters(model):
+    """Whether `model` or a module inside it has ST-Adapters (from add_st_adapters)."""
+    return any(getattr(m, "st_adapter_config", None) is not None for m in model.modules())
+
+
+def _state_of(model):
+    return _adapted_module(model)._st_adapter_state
 
 
 def adapter_config(model):
-    """The adapter configuration add_st_adapters recorded (adapter_channels, placement, layers, ...)."""
-    return _adapted_attribute(model, "st_adapter_config")
+    """The adapter configuration that add_st_adapters recorded on `model` (or on the adapted module inside
+    it): adapter_channels, kernel_size, placement, layers (block indices), activation, num_prefix_tokens,
+    embed_dim, num_blocks. save_adapters writes it; load_adapters requires the model's to be equal."""
+    return _adapted_module(model).st_adapter_config
 
 
 POOLINGS = ("mean_then_norm", "norm_then_mean")
@@ -237,15 +299,26 @@ class VideoClassifier(nn.Module):
                     p.data = p.data.to(backbone_dtype)
 
     def forward(self, video):
-        """Logits (B, num_classes) of a video batch (B, 3, T, H, W)."""
-        if video.dim() != 5:
-            raise ValueError(f"video must have shape (B, 3, T, H, W), got {tuple(video.shape)}")
+        """Logits (B, num_classes) of a video batch (B, 3, T, H, W): channels before frames."""
+        self._check_video(video)
         clips, channels, frames, height, width = video.shape
-        set_num_frames(self.backbone, frames)
+        if getattr(self.backbone, "st_adapter_config", None) is not None:   # not after remove_st_adapters
+            set_num_frames(self.backbone, frames)
         images = video.transpose(1, 2).reshape(clips * frames, channels, height, width)
         with _backbone_autocast(video.device.type, self.backbone_dtype):
             features = self._video_features(images, clips, frames)
         return self.head(self.dropout(features))
+
+    def _check_video(self, video):
+        proj = getattr(getattr(self.backbone, "patch_embed", None), "proj", None)
+        channels = getattr(proj, "in_channels", 3)
+        if not isinstance(video, torch.Tensor) or video.dim() != 5 or video.shape[1] != channels:
+            got = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+            hint = ""
+            if isinstance(video, torch.Tensor) and video.dim() == 5 and video.shape[2] == channels:
+                hint = ("; this looks like (B, T, C, H, W): pass video.permute(0, 2, 1, 3, 4) (or "
+                        "video.transpose(1, 2))")
+            raise ValueError(f"video must have shape (B, {channels}, T, H, W), channels before frames, got {got}{hint}")
 
     def _video_features(self, images, clips, frames):
         backbone = self.backbone
@@ -273,21 +346,60 @@ def _check_pooling(backbone, pooling):
 
 
 def build_video_classifier(model_name, num_classes, *, num_frames=8, checkpoint_path=None, dropout=0.5,
-                           backbone_dtype=None, pooling=AUTHORS_POOLING, model_kwargs=None, **adapter_kwargs):
+                           backbone_dtype=None, pooling=AUTHORS_POOLING, model_kwargs=None, seed=None,
+                           **adapter_kwargs):
     """A VideoClassifier from a timm model name: random init (pretrained=False) or the weights of a local
     checkpoint file (no network access). `model_kwargs` go to timm.create_model (e.g. img_size),
     `adapter_kwargs` to `add_st_adapters`; `dropout`, `backbone_dtype` and `pooling` to VideoClassifier.
+    `seed`: if given, the random init (backbone, adapters, head) draws from this seed, without touching
+    torch's global RNG, so that the same call gives the same model.
 
     The authors' models: `vit_base_patch16_clip_quickgelu_224` (or `vit_large_patch14_clip_quickgelu_224`),
     OpenAI CLIP's architecture with its QuickGELU MLPs, `adapter_channels=384`, `activation=None`,
-    `placement=("mlp",)` (their Kinetics-400 model) or `("attn", "mlp")` (Something-Something v2).
-    The `*_clip_224` models without "quickgelu" use GELU: a different network from OpenAI's CLIP."""
+    `placement="mlp"` (their Kinetics-400 model) or `("attn", "mlp")` (Something-Something v2).
+    The `*_clip_224` models without "quickgelu" use GELU: a different network from OpenAI's CLIP.
+
+    The classifier records these arguments (`build_arguments`), which `save_adapters` writes so that
+    `from_pretrained` can rebuild it."""
+    arguments = dict(model_name=model_name, num_classes=num_classes, num_frames=num_frames,
+                     checkpoint_path=None if checkpoint_path is None else os.path.abspath(checkpoint_path),
+                     dropout=dropout, backbone_dtype=backbone_dtype, pooling=pooling,
+                     model_kwargs=dict(model_kwargs or {}), seed=seed, **adapter_kwargs)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        backbone = create_timm_model(model_name, **dict(model_kwargs or {}, num_classes=0))
+        if checkpoint_path is not None:
+            _load_backbone_checkpoint(backbone, checkpoint_path)
+        add_st_adapters(backbone, num_frames=num_frames, **adapter_kwargs)
+        classifier = VideoClassifier(backbone, num_classes, dropout=dropout, backbone_dtype=backbone_dtype,
+                                     pooling=pooling)
+    classifier.build_arguments = arguments   # what save_adapters records for from_pretrained
+    return classifier
+
+
+def create_timm_model(model_name, **kwargs):
+    """timm.create_model(model_name, pretrained=False, **kwargs), with errors that say what is wrong: an
+    unknown name (see `check_timm_model_name`) or arguments the model does not take."""
+    check_timm_model_name(model_name)
     import timm
-    backbone = timm.create_model(model_name, pretrained=False, **dict(model_kwargs or {}, num_classes=0))
-    if checkpoint_path is not None:
-        _load_backbone_checkpoint(backbone, checkpoint_path)
-    add_st_adapters(backbone, num_frames=num_frames, **adapter_kwargs)
-    return VideoClassifier(backbone, num_classes, dropout=dropout, backbone_dtype=backbone_dtype, pooling=pooling)
+    try:
+        return timm.create_model(model_name, pretrained=False, **kwargs)
+    except TypeError as error:   # an argument the model does not take (img_size: not a ViT)
+        raise TypeError(f"timm model {model_name!r} cannot be created with {kwargs} ({error}); ST-Adapters "
+                        "need a timm VisionTransformer") from None
+
+
+def check_timm_model_name(model_name):
+    """ValueError if timm has no model `model_name` (timm itself raises a RuntimeError, late), ImportError
+    saying how to install timm if it is missing."""
+    try:
+        import timm
+    except ImportError as error:
+        raise ImportError(f"the timm integration needs timm ({error}): pip install timm, or install "
+                          "st-adapter-fast with its [train] extra") from None
+    if not timm.is_model(model_name):
+        raise ValueError(f"unknown timm model {model_name!r}; timm.list_models('*vit*') lists the ViTs")
 
 
 def _load_backbone_checkpoint(backbone, path):
