@@ -16,7 +16,7 @@ from . import compiled
 from .activations import activation_op_name, check_activation
 from .fused import adapter_backward, adapter_forward
 from .reference import st_adapter_reference
-from .validation import check_adapter_inputs, temporal_kernel_reason
+from .validation import autocast_active, check_adapter_inputs, temporal_kernel_reason
 
 BACKENDS = ("auto", "triton", "cuda", "cpu", "reference")
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -44,7 +44,7 @@ def _triton_unsupported_reason(x, compute_dtype, kernel_size):
     """Why the Triton path cannot run this call, or None if it can."""
     if not HAS_TRITON:
         return "triton is not installed"
-    if not (x.is_cuda or _interpreting()):
+    if not (x.is_cuda or (x.device.type == "cpu" and _interpreting())):
         return f"x is on {x.device}; Triton kernels need a CUDA device (or TRITON_INTERPRET=1 on the CPU)"
     if compute_dtype not in TRITON_DTYPES:
         return f"dtype {compute_dtype} is not supported by the Triton kernels (float32, bfloat16, float16 are)"
@@ -59,11 +59,12 @@ def choose_backend(backend, x, compute_dtype, kernel_size):
     """Resolve `backend` to the path that runs ("triton", "cuda", "cpu" or "reference"), or raise why it cannot.
 
     "auto": the compiled kernels of the tensors' device (csrc/), else on a GPU the Triton kernels; the
-    reference (with a one-time warning) where none of those can run the call.
+    reference (with a one-time warning) where none of those can run the call. Meta tensors (shape
+    inference, deferred init) take the reference path under "auto", without a warning.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "reference":
+    if backend == "reference" or (backend == "auto" and x.device.type == "meta"):
         return "reference"
     if backend in ("cuda", "cpu"):
         reason = compiled.unavailable_reason(backend, x, compute_dtype, kernel_size)
@@ -114,10 +115,11 @@ def st_adapter(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_
     """
     check_activation(activation)
     device_type = x.device.type if isinstance(x, torch.Tensor) else "cpu"
-    autocast = torch.is_autocast_enabled(device_type)
+    autocast = autocast_active(device_type)
     params = (fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias)
     shape = check_adapter_inputs(x, num_frames, *params, num_prefix_tokens=num_prefix_tokens,
                                  grid_size=grid_size, allow_mixed_dtype=autocast)
+    num_frames, num_prefix_tokens = shape.num_frames, shape.num_prefix_tokens
     compute_dtype = torch.get_autocast_dtype(device_type) if autocast else fc1_weight.dtype
     path = choose_backend(backend, x, compute_dtype, shape.kernel_size)
     if path == "reference" or x.numel() == 0:   # nothing for a kernel to do on an empty batch
