@@ -125,8 +125,8 @@ def st_adapter(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_
     if path == "reference" or x.numel() == 0:   # nothing for a kernel to do on an empty batch
         return st_adapter_reference(x, num_frames, *params, activation=activation,
                                     num_prefix_tokens=num_prefix_tokens, grid_size=grid_size)
-    if autocast:
-        params = tuple(p.to(compute_dtype) for p in params)
+    # The kernels index parameters as contiguous (they are tiny: a copy of a strided view costs nothing).
+    params = tuple(p.to(compute_dtype).contiguous() for p in params)
     if x.stride(-1) != 1:
         _warn_once(f"st_adapter_fast: x's last dimension is not contiguous (stride != 1); the {path} path "
                    "makes a contiguous copy of x first")

@@ -2,7 +2,7 @@
 import torch
 
 import st_adapter_fast as saf
-from st_adapter_fast.parity import TOLERANCE, forward_backward, parity_errors, random_inputs
+from st_adapter_fast.parity import GRADIENT_NAMES, TOLERANCE, forward_backward, parity_errors, random_inputs
 from conftest import DEVICE
 
 # C and Ca not powers of two; 12 patches (3 x 4 grid) is not a multiple of the token block.
@@ -50,3 +50,40 @@ def check_backward_deterministic(backend, device=DEVICE, num_tokens=17):
                              torch.float32)[1] for _ in range(2)]
     for first, second in zip(*runs):
         assert torch.equal(first, second)
+
+
+def strided_views(params):
+    """The six parameters as strided views with the same values: every second element of a buffer (the
+    biases), a transposed copy (fc1.weight), a slice of a wider buffer (fc2.weight, conv.weight).
+    Returns (views, bases): gradients reach the bases."""
+    fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias = params
+
+    def every_second(v):
+        base = torch.zeros(2 * v.numel(), dtype=v.dtype, device=v.device)
+        base[::2] = v.reshape(-1)
+        return base
+
+    bases = [fc1_weight.t().contiguous(), every_second(fc1_bias), torch.cat([conv_weight, conv_weight], -1),
+             every_second(conv_bias), torch.cat([fc2_weight, fc2_weight], 1), every_second(fc2_bias)]
+    bases = [b.detach().requires_grad_() for b in bases]
+    views = [bases[0].t(), bases[1][::2], bases[2][..., :1], bases[3][::2], bases[4][:, :fc2_weight.shape[1]],
+             bases[5][::2]]
+    for view, p in zip(views, params):
+        assert not view.is_contiguous() and torch.equal(view, p)
+    return views, bases
+
+
+def check_strided_parameters(backend, device=DEVICE):
+    """Parameters that are strided views give the result (forward and every gradient) of contiguous ones."""
+    x, params = random_inputs(2, 3, 13, C, CA, (3, 1, 1), device=device)
+    x, params = x.float(), [p.float() for p in params]
+    grad_y = torch.randn(x.shape, generator=torch.Generator().manual_seed(5)).to(device)
+    fn = lambda x_, *p: saf.st_adapter(x_, 3, *p, grid_size=(3, 4), backend=backend)
+    y, grads = forward_backward(fn, x, params, grad_y, torch.float32)
+    views, bases = strided_views(params)
+    y_strided = fn(x, *views)
+    grads_strided = torch.autograd.grad(y_strided, views, grad_y)
+    torch.testing.assert_close(y_strided, y)
+    for name, g, g_ref in zip(GRADIENT_NAMES[1:], grads_strided, grads[1:]):
+        torch.testing.assert_close(g, g_ref, msg=lambda m: f"{name}: {m}")
+

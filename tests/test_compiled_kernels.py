@@ -11,7 +11,8 @@ import st_adapter_fast as saf
 from st_adapter_fast.compiled import extension_info
 from st_adapter_fast.parity import random_inputs
 from conftest import DEVICE
-from parity_checks import C, CA, check_backward_deterministic, check_parity, check_strided_inputs
+from parity_checks import (C, CA, check_backward_deterministic, check_parity, check_strided_inputs,
+                           check_strided_parameters)
 
 pytestmark = pytest.mark.compiled
 
@@ -73,6 +74,11 @@ def test_strided_and_non_contiguous_inputs(backend, device):
 @pytest.mark.parametrize("backend, device", BACKENDS)
 def test_backward_is_deterministic(backend, device):
     check_backward_deterministic(backend, device, num_tokens=37)
+
+
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_strided_parameters(backend, device):
+    check_strided_parameters(backend, device)
 
 
 def test_cpu_kernel_reductions_do_not_depend_on_the_thread_count():

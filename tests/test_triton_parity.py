@@ -8,7 +8,8 @@ import torch
 import st_adapter_fast as saf
 from st_adapter_fast.parity import TOLERANCE, parity_errors, random_inputs, rel_err
 from conftest import DEVICE
-from parity_checks import C, CA, check_backward_deterministic, check_parity, check_strided_inputs
+from parity_checks import (C, CA, check_backward_deterministic, check_parity, check_strided_inputs,
+                           check_strided_parameters)
 from st_adapter_fast.measure import saved_activation_bytes
 
 pytestmark = pytest.mark.triton
@@ -163,6 +164,13 @@ def test_double_backward_raises_instead_of_silently_wrong():
     (grad_x,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError):
         grad_x.sum().backward()
+
+
+@pytest.mark.parametrize("fused_gemm", [False, True])
+def test_strided_parameters(fused_gemm, monkeypatch):
+    from st_adapter_fast.triton import adapter as triton_adapter
+    monkeypatch.setattr(triton_adapter, "FUSED_GEMM", fused_gemm)
+    check_strided_parameters("triton")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16] + ([torch.float16] if DEVICE == "cuda" else []), ids=str)
