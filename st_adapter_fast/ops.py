@@ -14,7 +14,7 @@ import torch
 
 from . import compiled
 from .activations import activation_op_name, check_activation
-from .fused import adapter_backward, adapter_forward
+from .fused import adapter_backward, adapter_forward, zero_prefix_copy
 from .reference import st_adapter_reference
 from .validation import autocast_active, check_adapter_inputs, temporal_kernel_reason
 
@@ -112,6 +112,9 @@ def st_adapter(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_
 
     Under autocast the parameters are cast to the autocast dtype and the result has dtype
     ``promote_types(x.dtype, autocast dtype)``, as the reference gives.
+
+    Prefix tokens pass through exactly (y's prefix rows are x's, x's gradient there is y's), whatever the
+    weights hold, inf and NaN included; the weights' gradients do not depend on x's prefix rows.
     """
     check_activation(activation)
     device_type = x.device.type if isinstance(x, torch.Tensor) else "cpu"
@@ -131,9 +134,12 @@ def st_adapter(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_
         _warn_once(f"st_adapter_fast: x's last dimension is not contiguous (stride != 1); the {path} path "
                    "makes a contiguous copy of x first")
         x = x.contiguous()
+    # What the GEMMs read of x, in the compute dtype: x itself, or (autocast) a copy whose prefix rows are
+    # zero (see fused.py).
+    x_low = None if x.dtype == compute_dtype else zero_prefix_copy(x, compute_dtype, num_prefix_tokens)
     need_h = torch.is_grad_enabled() and any(t.requires_grad for t in (x,) + params)
     kernels = "triton" if path == "triton" else "compiled"
-    args = (x, *params, num_frames, num_prefix_tokens, activation_op_name(activation), need_h, kernels)
+    args = (x, x_low, *params, num_frames, num_prefix_tokens, activation_op_name(activation), need_h, kernels)
     if torch.compiler.is_compiling():
         return adapter_fwd(*args)[0]
     return _EagerKernelAdapter.apply(*args)
@@ -152,83 +158,85 @@ def _kernels(name):
     raise ValueError(f"unknown kernels {name!r}")
 
 
-def _forward_impl(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, num_frames,
+def _forward_impl(x, x_low, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, num_frames,
                   num_prefix_tokens, activation, need_h, kernels):
     with torch.autocast(x.device.type, enabled=False):
-        return adapter_forward(_kernels(kernels), x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight,
-                               fc2_bias, num_frames, num_prefix_tokens, activation, need_h)
+        return adapter_forward(_kernels(kernels), x, x_low, fc1_weight, fc1_bias, conv_weight, conv_bias,
+                               fc2_weight, fc2_bias, num_frames, num_prefix_tokens, activation, need_h)
 
 
 def _backward_impl(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight, num_frames, num_prefix_tokens,
-                   activation, kernels):
+                   activation, x_prefix_zeroed, kernels):
     with torch.autocast(x.device.type, enabled=False):
         return adapter_backward(_kernels(kernels), grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight,
-                                num_frames, num_prefix_tokens, activation)
+                                num_frames, num_prefix_tokens, activation, x_prefix_zeroed)
 
 
 @torch.library.custom_op("st_adapter_fast::adapter_fwd", mutates_args=())
-def adapter_fwd(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, conv_weight: torch.Tensor,
-                conv_bias: torch.Tensor, fc2_weight: torch.Tensor, fc2_bias: torch.Tensor, num_frames: int,
-                num_prefix_tokens: int, activation: str, need_h: bool, kernels: str) -> tuple[
-                    torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y, h, x_low): the adapter output and, for backward when need_h, fc1's output (B*T, L, Ca) and x in
-    the compute dtype when that differs from x's (else empty tensors)."""
-    return _forward_impl(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, num_frames,
+def adapter_fwd(x: torch.Tensor, x_low: torch.Tensor | None, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor,
+                conv_weight: torch.Tensor, conv_bias: torch.Tensor, fc2_weight: torch.Tensor, fc2_bias: torch.Tensor,
+                num_frames: int, num_prefix_tokens: int, activation: str, need_h: bool,
+                kernels: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, h): the adapter output and, for backward when need_h, fc1's output (B*T, L, Ca) (else an empty
+    tensor). x_low: x as the GEMMs read it, when x is not in the compute dtype (see st_adapter), else None."""
+    return _forward_impl(x, x_low, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, num_frames,
                          num_prefix_tokens, activation, need_h, kernels)
 
 
 @adapter_fwd.register_fake
-def _(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, num_frames, num_prefix_tokens,
+def _(x, x_low, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, num_frames, num_prefix_tokens,
       activation, need_h, kernels):
     frames, num_tokens, _ = x.shape
     dtype = fc1_weight.dtype
     h_shape = (frames, num_tokens, fc1_weight.shape[0]) if need_h else (0, 1, 1)
-    x_low_shape = x.shape if need_h and x.dtype != dtype else (0, 1, 1)
     y = x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, dtype))
-    return y, x.new_empty(h_shape, dtype=dtype), x.new_empty(x_low_shape, dtype=dtype)
+    return y, x.new_empty(h_shape, dtype=dtype)
 
 
 @torch.library.custom_op("st_adapter_fast::adapter_bwd", mutates_args=())
 def adapter_bwd(grad_y: torch.Tensor, x: torch.Tensor, h: torch.Tensor, fc1_weight: torch.Tensor,
                 conv_weight: torch.Tensor, conv_bias: torch.Tensor, fc2_weight: torch.Tensor, num_frames: int,
-                num_prefix_tokens: int, activation: str, kernels: str) -> tuple[
+                num_prefix_tokens: int, activation: str, x_prefix_zeroed: bool, kernels: str) -> tuple[
                     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of adapter_fwd's y w.r.t. (x, fc1.weight, fc1.bias, conv.weight, conv.bias, fc2.weight, fc2.bias)."""
+    """Gradients of adapter_fwd's y w.r.t. (x, fc1.weight, fc1.bias, conv.weight, conv.bias, fc2.weight, fc2.bias);
+    x is what the forward's GEMMs read (x or x_low)."""
     return _backward_impl(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight, num_frames,
-                          num_prefix_tokens, activation, kernels)
+                          num_prefix_tokens, activation, x_prefix_zeroed, kernels)
 
 
 @adapter_bwd.register_fake
 def _(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight, num_frames, num_prefix_tokens, activation,
-      kernels):
+      x_prefix_zeroed, kernels):
     ca, c = fc1_weight.shape
     new = lambda *shape: fc1_weight.new_empty(shape)
     return (torch.empty_like(grad_y), new(ca, c), new(ca), torch.empty_like(conv_weight), new(ca), new(c, ca), new(c))
 
 
-def _save_for_backward(ctx, inputs, h, x_low):
-    (x, fc1_weight, _, conv_weight, conv_bias, fc2_weight, _, num_frames, num_prefix_tokens, activation, need_h,
+def _save_for_backward(ctx, inputs, h):
+    (x, x_low, fc1_weight, _, conv_weight, conv_bias, fc2_weight, _, num_frames, num_prefix_tokens, activation, need_h,
      kernels) = inputs
     if need_h:
-        # x (in the compute dtype, as fc1's weight gradient uses it) and h are all that is kept;
-        # the conv and the activation are recomputed from h.
-        ctx.save_for_backward(x_low if x_low.numel() else x, h, fc1_weight, conv_weight, conv_bias, fc2_weight)
-        ctx.config = (num_frames, num_prefix_tokens, activation, kernels)
+        # What the GEMMs read of x (x itself, or x_low under autocast) and h are all that is kept; the conv and
+        # the activation are recomputed from h.
+        ctx.save_for_backward(x if x_low is None else x_low, h, fc1_weight, conv_weight, conv_bias, fc2_weight)
+        ctx.config = (num_frames, num_prefix_tokens, activation, x_low is not None, kernels)
 
 
 def _gradients(ctx, grad_y, backward_fn):
+    """Gradients for every input of adapter_fwd (None for x_low and the non-tensor arguments)."""
     if not ctx.saved_tensors:
         raise RuntimeError("st_adapter_fast: backward through an adapter call made without gradients enabled")
-    return (*backward_fn(grad_y, *ctx.saved_tensors, *ctx.config), None, None, None, None, None)
+    grad_x, *grad_params = backward_fn(grad_y, *ctx.saved_tensors, *ctx.config)
+    return (grad_x, None, *grad_params, None, None, None, None, None)
 
 
 def _setup_context(ctx, inputs, output):
-    _, h, x_low = output
-    _save_for_backward(ctx, inputs, h, x_low)
-    ctx.mark_non_differentiable(h, x_low)
+    _, h = output
+    _save_for_backward(ctx, inputs, h)
+    ctx.mark_non_differentiable(h)
 
 
-adapter_fwd.register_autograd(lambda ctx, grad_y, _grad_h, _grad_x_low: _gradients(ctx, grad_y, adapter_bwd),
+adapter_fwd.register_autograd(lambda ctx, grad_y, _grad_h: _gradients(ctx, grad_y, adapter_bwd),
                               setup_context=_setup_context)
 
 
@@ -238,8 +246,8 @@ class _EagerKernelAdapter(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, *inputs):
-        y, h, x_low = _forward_impl(*inputs)
-        _save_for_backward(ctx, inputs, h, x_low)
+        y, h = _forward_impl(*inputs)
+        _save_for_backward(ctx, inputs, h)
         return y
 
     @staticmethod

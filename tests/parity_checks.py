@@ -87,3 +87,45 @@ def check_strided_parameters(backend, device=DEVICE):
     for name, g, g_ref in zip(GRADIENT_NAMES[1:], grads_strided, grads[1:]):
         torch.testing.assert_close(g, g_ref, msg=lambda m: f"{name}: {m}")
 
+
+NON_FINITE = (float("inf"), float("-inf"), float("nan"))
+
+
+def check_prefix_isolation(backend, device=DEVICE, dtype=torch.float32, autocast_dtype=None):
+    """Prefix tokens pass through exactly whatever the weights hold (inf, NaN), and the weights' gradients
+    do not depend on x's prefix rows (inf, NaN there included)."""
+    P = 2
+    x, params = random_inputs(2, 3, P + 9, C, CA, (3, 1, 1), device=device)
+    x, params = x.to(dtype), [p.to(dtype) for p in params]
+    grad_y = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=dtype).to(device)
+
+    def run(x_, params_):
+        leaves = [t.detach().clone().requires_grad_() for t in (x_, *params_)]
+        with torch.autocast(x.device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            y = saf.st_adapter(leaves[0], 3, *leaves[1:], num_prefix_tokens=P, grid_size=(3, 3), backend=backend)
+        y.backward(grad_y.to(y.dtype))
+        return y.detach(), [t.grad for t in leaves]
+
+    exact = lambda a, b, what: torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True, check_dtype=False,
+                                                           msg=lambda m: f"{what}: {m}")
+    for index, name in enumerate(GRADIENT_NAMES[1:]):
+        for value in NON_FINITE:
+            poisoned = [p.clone() for p in params]
+            poisoned[index].view(-1)[1] = value
+            y, grads = run(x, poisoned)
+            exact(y[:, :P], x[:, :P], f"y's prefix rows with {value} in {name}")
+            exact(grads[0][:, :P], grad_y[:, :P], f"grad_x's prefix rows with {value} in {name}")
+
+    y, grads = run(x, params)
+    x_poisoned = x.clone()
+    for channel, value in enumerate(NON_FINITE):
+        x_poisoned[:, channel % P, channel] = value
+    y_poisoned, grads_poisoned = run(x_poisoned, params)
+    exact(y_poisoned[:, :P], x_poisoned[:, :P], "y's prefix rows with non-finite prefix tokens")
+    # The rest as without them, finite, up to rounding: a BLAS may round differently for a matrix with an inf.
+    close = lambda a, b, what: torch.testing.assert_close(a, b, msg=lambda m: f"{what}: {m}")
+    close(y_poisoned[:, P:], y[:, P:], "y's patch rows with non-finite prefix tokens")
+    exact(grads_poisoned[0], grads[0], "grad_x with non-finite prefix tokens")
+    for name, g, g_ref in zip(GRADIENT_NAMES[1:], grads_poisoned[1:], grads[1:]):
+        close(g, g_ref, f"{name}'s gradient with non-finite prefix tokens")
+

@@ -11,8 +11,8 @@ import st_adapter_fast as saf
 from st_adapter_fast.compiled import extension_info
 from st_adapter_fast.parity import random_inputs
 from conftest import DEVICE
-from parity_checks import (C, CA, check_backward_deterministic, check_parity, check_strided_inputs,
-                           check_strided_parameters)
+from parity_checks import (C, CA, check_backward_deterministic, check_parity, check_prefix_isolation,
+                           check_strided_inputs, check_strided_parameters)
 
 pytestmark = pytest.mark.compiled
 
@@ -79,6 +79,13 @@ def test_backward_is_deterministic(backend, device):
 @pytest.mark.parametrize("backend, device", BACKENDS)
 def test_strided_parameters(backend, device):
     check_strided_parameters(backend, device)
+
+
+@pytest.mark.parametrize("backend, device", BACKENDS)
+@pytest.mark.parametrize("dtype, autocast_dtype", [(torch.float32, None), (torch.float64, None),
+                                                   (torch.float32, torch.bfloat16)], ids=str)
+def test_prefix_tokens_isolated_from_non_finite_values(backend, device, dtype, autocast_dtype):
+    check_prefix_isolation(backend, device, dtype, autocast_dtype)
 
 
 def test_cpu_kernel_reductions_do_not_depend_on_the_thread_count():
@@ -237,7 +244,7 @@ def test_opcheck(backend, device):
     torch.library.opcheck(ops.temporal_conv_act_backward, (torch.randn_like(h), h, weight, bias, 3, "gelu"))
     x, params = random_inputs(2, 3, 13, C, CA, (3, 1, 1), device=device)
     x, params = x.float().requires_grad_(), [p.float().requires_grad_() for p in params]
-    torch.library.opcheck(saf.ops.adapter_fwd, (x, *params, 3, 1, "gelu", True, "compiled"))
+    torch.library.opcheck(saf.ops.adapter_fwd, (x, None, *params, 3, 1, "gelu", True, "compiled"))
 
 
 def test_autocast_on_cpu_matches_reference_dtype_behaviour():

@@ -8,8 +8,8 @@ import torch
 import st_adapter_fast as saf
 from st_adapter_fast.parity import TOLERANCE, parity_errors, random_inputs, rel_err
 from conftest import DEVICE
-from parity_checks import (C, CA, check_backward_deterministic, check_parity, check_strided_inputs,
-                           check_strided_parameters)
+from parity_checks import (C, CA, check_backward_deterministic, check_parity, check_prefix_isolation,
+                           check_strided_inputs, check_strided_parameters)
 from st_adapter_fast.measure import saved_activation_bytes
 
 pytestmark = pytest.mark.triton
@@ -116,10 +116,12 @@ def test_saved_bytes_at_most_half_of_reference():
 def test_opcheck():
     x, params = random_inputs(2, 3, 13, C, CA, (3, 1, 1), device=DEVICE)
     x, params = x.float().requires_grad_(), [p.float().requires_grad_() for p in params]
-    torch.library.opcheck(saf.ops.adapter_fwd, (x, *params, 3, 1, "gelu", True, "triton"))
+    torch.library.opcheck(saf.ops.adapter_fwd, (x, None, *params, 3, 1, "gelu", True, "triton"))
     low = [p.detach().to(torch.float16).requires_grad_() for p in params]
-    torch.library.opcheck(saf.ops.adapter_fwd, (x, *low, 3, 1, "gelu", True, "triton"))    # autocast-style mixed dtypes
-    torch.library.opcheck(saf.ops.adapter_fwd, (x.detach(), *[p.detach() for p in params], 3, 1, "none", False, "triton"))
+    x_low = saf.fused.zero_prefix_copy(x, torch.float16, 1)
+    torch.library.opcheck(saf.ops.adapter_fwd, (x, x_low, *low, 3, 1, "gelu", True, "triton"))   # autocast-style
+    torch.library.opcheck(saf.ops.adapter_fwd, (x.detach(), None, *[p.detach() for p in params], 3, 1, "none", False,
+                                                "triton"))
 
 
 @pytest.mark.parametrize("autocast", [False, True])
@@ -171,6 +173,13 @@ def test_strided_parameters(fused_gemm, monkeypatch):
     from st_adapter_fast.triton import adapter as triton_adapter
     monkeypatch.setattr(triton_adapter, "FUSED_GEMM", fused_gemm)
     check_strided_parameters("triton")
+
+
+@pytest.mark.parametrize("fused_gemm, autocast_dtype", [(False, None), (True, None), (False, torch.bfloat16)])
+def test_prefix_tokens_isolated_from_non_finite_values(fused_gemm, autocast_dtype, monkeypatch):
+    from st_adapter_fast.triton import adapter as triton_adapter
+    monkeypatch.setattr(triton_adapter, "FUSED_GEMM", fused_gemm)
+    check_prefix_isolation("triton", autocast_dtype=autocast_dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16] + ([torch.float16] if DEVICE == "cuda" else []), ids=str)
