@@ -15,7 +15,7 @@ import torch
 from . import compiled
 from .activations import activation_op_name, check_activation
 from .fused import adapter_backward, adapter_forward, zero_prefix_copy
-from .reference import st_adapter_reference
+from .reference import adapter_delta, st_adapter_reference
 from .validation import autocast_active, check_adapter_inputs, temporal_kernel_reason
 
 BACKENDS = ("auto", "triton", "cuda", "cpu", "reference")
@@ -115,6 +115,9 @@ def st_adapter(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_
 
     Prefix tokens pass through exactly (y's prefix rows are x's, x's gradient there is y's), whatever the
     weights hold, inf and NaN included; the weights' gradients do not depend on x's prefix rows.
+    Double backward (``create_graph=True``) is exact on every backend: the kernel paths then compute their
+    backward with differentiable torch operations (autograd through the reference's formulas) instead of
+    the kernels. Under torch.compile it is not supported (torch raises an error).
     """
     check_activation(activation)
     device_type = x.device.type if isinstance(x, torch.Tensor) else "cpu"
@@ -135,7 +138,7 @@ def st_adapter(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_
                    "makes a contiguous copy of x first")
         x = x.contiguous()
     # What the GEMMs read of x, in the compute dtype: x itself, or (autocast) a copy whose prefix rows are
-    # zero (see fused.py).
+    # zero (see fused.py). Made here, differentiably, so that a double backward reaches x through it.
     x_low = None if x.dtype == compute_dtype else zero_prefix_copy(x, compute_dtype, num_prefix_tokens)
     need_h = torch.is_grad_enabled() and any(t.requires_grad for t in (x,) + params)
     kernels = "triton" if path == "triton" else "compiled"
@@ -213,20 +216,49 @@ def _(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight, num_frames, 
 
 
 def _save_for_backward(ctx, inputs, h):
-    (x, x_low, fc1_weight, _, conv_weight, conv_bias, fc2_weight, _, num_frames, num_prefix_tokens, activation, need_h,
-     kernels) = inputs
+    (x, x_low, *params, num_frames, num_prefix_tokens, activation, need_h, kernels) = inputs
     if need_h:
-        # What the GEMMs read of x (x itself, or x_low under autocast) and h are all that is kept; the conv and
-        # the activation are recomputed from h.
-        ctx.save_for_backward(x if x_low is None else x_low, h, fc1_weight, conv_weight, conv_bias, fc2_weight)
+        # What the GEMMs read of x (x itself, or x_low under autocast) and h are all that is kept besides the
+        # parameters; the conv and the activation are recomputed from h.
+        ctx.save_for_backward(x if x_low is None else x_low, h, *params)
         ctx.config = (num_frames, num_prefix_tokens, activation, x_low is not None, kernels)
+
+
+def _differentiable_gradients(grad_y, x, params, num_frames, num_prefix_tokens, activation):
+    """The seven gradients as differentiable torch computations, for a backward that is itself recorded
+    (create_graph=True): autograd, with create_graph, through the reference's formulas on the saved inputs
+    (x here is what the GEMMs read: x, or x_low, which autograd connects to x). Second derivatives are then
+    those of the reference. The kernels' temporal kernels need no grid: it is taken as (N, 1)."""
+    P = num_prefix_tokens
+    shape = check_adapter_inputs(x, num_frames, *params, num_prefix_tokens=P,
+                                 grid_size=(x.shape[1] - P, 1))
+    inputs = (x, *params)
+    wanted = [i for i, t in enumerate(inputs) if t.requires_grad]
+    with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
+        delta = adapter_delta(x, shape, *params, activation)
+        found = torch.autograd.grad(delta, [inputs[i] for i in wanted], grad_y[:, P:].to(delta.dtype),
+                                    create_graph=True, allow_unused=True)
+    grads = [None] * len(inputs)
+    for i, g in zip(wanted, found):
+        grads[i] = g
+    if grads[0] is not None:   # y = x + delta on the patch rows: the identity's gradient, then delta's
+        grads[0] = torch.cat([grad_y[:, :P], grad_y[:, P:] + grads[0][:, P:].to(grad_y.dtype)], dim=1)
+    return grads
 
 
 def _gradients(ctx, grad_y, backward_fn):
     """Gradients for every input of adapter_fwd (None for x_low and the non-tensor arguments)."""
     if not ctx.saved_tensors:
         raise RuntimeError("st_adapter_fast: backward through an adapter call made without gradients enabled")
-    grad_x, *grad_params = backward_fn(grad_y, *ctx.saved_tensors, *ctx.config)
+    x, h, *params = ctx.saved_tensors
+    num_frames, num_prefix_tokens, activation, x_prefix_zeroed, kernels = ctx.config
+    if torch.is_grad_enabled():   # create_graph=True: the backward is recorded, so it must be differentiable
+        grads = _differentiable_gradients(grad_y, x, params, num_frames, num_prefix_tokens, activation)
+    else:
+        fc1_weight, _, conv_weight, conv_bias, fc2_weight, _ = params
+        grads = backward_fn(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight, num_frames,
+                            num_prefix_tokens, activation, x_prefix_zeroed, kernels)
+    grad_x, *grad_params = grads
     return (grad_x, None, *grad_params, None, None, None, None, None)
 
 
@@ -251,6 +283,5 @@ class _EagerKernelAdapter(torch.autograd.Function):
         return y
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
         return _gradients(ctx, grad_y, _backward_impl)

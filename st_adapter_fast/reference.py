@@ -19,6 +19,14 @@ def st_adapter_reference(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_
     shape = check_adapter_inputs(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight,
                                  fc2_bias, num_prefix_tokens=num_prefix_tokens, grid_size=grid_size,
                                  allow_mixed_dtype=autocast_active(x.device.type))
+    P = shape.num_prefix_tokens
+    h = adapter_delta(x, shape, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, activation)
+    return torch.cat([x[:, :P, :], x[:, P:, :] + h], dim=1)
+
+
+def adapter_delta(x, shape, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, activation):
+    """What the adapter adds to the patch tokens, (B*T, N, C): fc2(act(conv(fc1(x[:, P:])))), for inputs
+    already checked (`shape` is their `AdapterShape`)."""
     B, T, H, W = shape.batch, shape.num_frames, shape.height, shape.width
     P, Ca = shape.num_prefix_tokens, shape.adapter_channels
 
@@ -28,8 +36,7 @@ def st_adapter_reference(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_
     h = F.conv3d(h, conv_weight, conv_bias, padding=padding, groups=Ca)
     h = h.permute(0, 2, 3, 4, 1).reshape(B * T, H * W, Ca)
     h = apply_activation(h, activation)
-    h = F.linear(h, fc2_weight, fc2_bias)                                # (B*T, N, C)
-    return torch.cat([x[:, :P, :], x[:, P:, :] + h], dim=1)
+    return F.linear(h, fc2_weight, fc2_bias)                             # (B*T, N, C)
 
 
 class STAdapterReference(nn.Module):

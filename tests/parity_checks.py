@@ -2,7 +2,7 @@
 import torch
 
 import st_adapter_fast as saf
-from st_adapter_fast.parity import GRADIENT_NAMES, TOLERANCE, forward_backward, parity_errors, random_inputs
+from st_adapter_fast.parity import GRADIENT_NAMES, TOLERANCE, forward_backward, parity_errors, random_inputs, rel_err
 from conftest import DEVICE
 
 # C and Ca not powers of two; 12 patches (3 x 4 grid) is not a multiple of the token block.
@@ -129,3 +129,30 @@ def check_prefix_isolation(backend, device=DEVICE, dtype=torch.float32, autocast
     for name, g, g_ref in zip(GRADIENT_NAMES[1:], grads_poisoned[1:], grads[1:]):
         close(g, g_ref, f"{name}'s gradient with non-finite prefix tokens")
 
+
+def check_double_backward(backend, device=DEVICE, dtype=torch.float32, via_custom_op=False):
+    """Gradient penalties (second derivatives through the first backward, with a grad_y that has no graph
+    and one that has) match the reference backend's in float64, to TOLERANCE[dtype]."""
+    x, params = random_inputs(2, 3, 1 + 6, 12, 8, (3, 1, 1), device=device)
+    weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(device)
+
+    def adapter(backend_, x_, *p):
+        if via_custom_op:   # the registered op in eager mode, as torch.compile's graphs would call it
+            kernels = "triton" if backend_ == "triton" else "compiled"
+            return saf.ops.adapter_fwd(x_, None, *p, 3, 1, "gelu", True, kernels)[0]
+        return saf.st_adapter(x_, 3, *p, grid_size=(2, 3), backend=backend_)
+
+    def second_derivatives(backend_, dtype_, loss_fn):
+        leaves = [t.detach().to(dtype_).requires_grad_() for t in (x, *params)]
+        y = adapter(backend_, *leaves)
+        grads = torch.autograd.grad(loss_fn(y), leaves, create_graph=True)
+        penalty = sum(g.square().sum() for g in grads)
+        return torch.autograd.grad(penalty, leaves, allow_unused=True, materialize_grads=True)
+
+    for loss_name, loss_fn in (("(y * w).sum()", lambda y: (y * weights.to(y.dtype)).sum()),
+                               ("y.square().sum()", lambda y: y.square().sum())):
+        ours = second_derivatives(backend, dtype, loss_fn)
+        expected = second_derivatives("reference", torch.float64, loss_fn)
+        errors = {name: rel_err(g, g_ref) for name, g, g_ref in zip(GRADIENT_NAMES, ours, expected)}
+        bad = {k: v for k, v in errors.items() if not v <= TOLERANCE[dtype]}
+        assert not bad, f"{loss_name}: second-derivative errors above {TOLERANCE[dtype]:g}: {bad}"

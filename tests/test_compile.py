@@ -103,3 +103,14 @@ def test_export_with_dynamic_batch_and_token_count(backend):
         x = torch.randn(batch * 4, side * side + 1, 16, device=DEVICE)
         torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-5, atol=1e-5)
 
+
+@pytest.mark.compiled
+def test_double_backward_under_compile_raises_a_clear_error(tmp_path, monkeypatch):
+    """torch.compile's autograd (AOTAutograd) does not support double backward: an error, not wrong gradients."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    torch._dynamo.reset()
+    adapter = torch.compile(random_adapter("auto")[0], fullgraph=True)
+    x = torch.randn(6, 10, 16, device=DEVICE, requires_grad=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        (grad_x,) = torch.autograd.grad(adapter(x, 3).sum(), x, create_graph=True)
+        grad_x.square().sum().backward()

@@ -11,8 +11,8 @@ import st_adapter_fast as saf
 from st_adapter_fast.compiled import extension_info
 from st_adapter_fast.parity import random_inputs
 from conftest import DEVICE
-from parity_checks import (C, CA, check_backward_deterministic, check_parity, check_prefix_isolation,
-                           check_strided_inputs, check_strided_parameters)
+from parity_checks import (C, CA, check_backward_deterministic, check_double_backward, check_parity,
+                           check_prefix_isolation, check_strided_inputs, check_strided_parameters)
 
 pytestmark = pytest.mark.compiled
 
@@ -86,6 +86,12 @@ def test_strided_parameters(backend, device):
                                                    (torch.float32, torch.bfloat16)], ids=str)
 def test_prefix_tokens_isolated_from_non_finite_values(backend, device, dtype, autocast_dtype):
     check_prefix_isolation(backend, device, dtype, autocast_dtype)
+
+
+@pytest.mark.parametrize("backend, device", BACKENDS)
+@pytest.mark.parametrize("via_custom_op", [False, True])
+def test_double_backward_matches_reference(backend, device, via_custom_op):
+    check_double_backward(backend, device, torch.float64, via_custom_op=via_custom_op)
 
 
 def test_cpu_kernel_reductions_do_not_depend_on_the_thread_count():

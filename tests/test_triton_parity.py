@@ -8,8 +8,8 @@ import torch
 import st_adapter_fast as saf
 from st_adapter_fast.parity import TOLERANCE, parity_errors, random_inputs, rel_err
 from conftest import DEVICE
-from parity_checks import (C, CA, check_backward_deterministic, check_parity, check_prefix_isolation,
-                           check_strided_inputs, check_strided_parameters)
+from parity_checks import (C, CA, check_backward_deterministic, check_double_backward, check_parity,
+                           check_prefix_isolation, check_strided_inputs, check_strided_parameters)
 from st_adapter_fast.measure import saved_activation_bytes
 
 pytestmark = pytest.mark.triton
@@ -159,13 +159,9 @@ def test_empty_batch():
     assert y.shape == (0, 10, C)
 
 
-def test_double_backward_raises_instead_of_silently_wrong():
-    x, params = random_inputs(1, 2, 10, C, CA, (3, 1, 1), device=DEVICE)
-    x, params = x.float().requires_grad_(), [p.float().requires_grad_() for p in params]
-    y = saf.st_adapter(x, 2, *params, grid_size=(3, 3), backend="triton")
-    (grad_x,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError):
-        grad_x.sum().backward()
+@pytest.mark.parametrize("via_custom_op", [False, True])
+def test_double_backward_matches_reference(via_custom_op):
+    check_double_backward("triton", via_custom_op=via_custom_op)
 
 
 @pytest.mark.parametrize("fused_gemm", [False, True])
