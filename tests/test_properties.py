@@ -31,6 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import st_adapter_fast as saf
+from conftest import DEVICE
 from st_adapter_fast.parity import TOLERANCE, rel_err
 
 _EXAMPLES = int(os.environ.get("ST_ADAPTER_FAST_HYPOTHESIS_EXAMPLES", "0"))
@@ -171,10 +172,11 @@ def grad_mode(case):
 
 def run_op(case, backend, leaves, grad_y=None):
     """y and, when grad_y is given and any input requires grad, the gradients w.r.t. the op's inputs (None
-    where an input does not require grad)."""
+    where an input does not require grad), on the CPU."""
     inputs = views(case, leaves)
     _, _, autocast_dtype = PRECISIONS[case.precision]
-    with grad_mode(case), torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16,
+    device = leaves[0].device
+    with grad_mode(case), torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
                                          enabled=autocast_dtype is not None), warnings.catch_warnings():
         warnings.simplefilter("ignore")   # the non-contiguous-x copy and reference-fallback warnings
         y = saf.st_adapter(inputs[0], case.frames, *inputs[1:], activation=case.activation,
@@ -182,18 +184,23 @@ def run_op(case, backend, leaves, grad_y=None):
                            backend=backend)
     wanted = [t for t in inputs if t.requires_grad]
     if grad_y is None or not wanted:
-        return y, None
-    found = iter(torch.autograd.grad(y, wanted, grad_y.to(y.dtype)))
-    return y, [next(found) if t.requires_grad else None for t in inputs]
+        return y.cpu(), None
+    found = iter(torch.autograd.grad(y, wanted, grad_y.to(device, y.dtype)))
+    return y.cpu(), [next(found).cpu() if t.requires_grad else None for t in inputs]
 
 
-def run_oracle(case, leaves, grad_y):
+def run_oracle(case, leaves, grad_y, jiggle=None):
     """The oracle in float64 on the same values (the leaves' rounded ones, and under autocast rounded as
-    autocast rounds them) and, when grad_y is given, its gradients w.r.t. the same inputs."""
-    leaves64 = [t.detach().double().requires_grad_(t.requires_grad) for t in leaves]
+    autocast rounds them) and, when grad_y is given, its gradients w.r.t. the same inputs. `jiggle`, if
+    given, moves every input (and grad_y) after that rounding (see oracle_sensitivity)."""
+    leaves64 = [t.detach().cpu().double().requires_grad_(t.requires_grad) for t in leaves]
     inputs = views(case, leaves64)
+    round_to = PRECISIONS[case.precision][2]
+    if jiggle is not None:
+        inputs = [jiggle(t.detach().to(round_to or t.dtype).double()).requires_grad_(t.requires_grad) for t in inputs]
+        round_to, grad_y = None, None if grad_y is None else jiggle(grad_y)
     y = oracle(inputs[0], case.frames, *inputs[1:], activation=case.activation, prefix=case.prefix, grid=case.grid,
-               round_to=PRECISIONS[case.precision][2])
+               round_to=round_to)
     wanted = [t for t in inputs if t.requires_grad]
     if grad_y is None or not wanted:
         return y, None
@@ -201,9 +208,11 @@ def run_oracle(case, leaves, grad_y):
     return y, [next(found) if t.requires_grad else None for t in inputs]
 
 
-def make_leaves(case):
+def make_leaves(case, backend):
+    """The case's leaves in its dtypes, on the backend's device (Triton: the GPU where there is one)."""
     x_dtype, param_dtype, _ = PRECISIONS[case.precision]
-    leaves = [t.to(param_dtype if i else x_dtype) for i, t in enumerate(leaves_for(case))]
+    device = DEVICE if backend == "triton" else "cpu"
+    leaves = [t.to(device, param_dtype if i else x_dtype) for i, t in enumerate(leaves_for(case))]
     return [t.requires_grad_(flag) for t, flag in zip(leaves, case.requires_grad)]
 
 
@@ -224,9 +233,8 @@ def random_grad_y(case):
     return torch.randn(shape, generator=gen, dtype=torch.float64).to(y_dtype(case)).double()
 
 
-def errors_against_oracle(case, backend, grad_y, y_ref, grads_ref):
-    """Relative errors of `backend` (forward, and the gradients of the inputs that require grad)."""
-    y, grads = run_op(case, backend, make_leaves(case), grad_y if grads_ref is not None else None)
+def named_errors(y, grads, y_ref, grads_ref):
+    """{"y": .., "grad_x": .., "grad_fc1_weight": .., ...}: relative errors of the results that exist."""
     errors = {"y": rel_err(y, y_ref)}
     if grads is not None:
         names = ("x",) + PARAM_NAMES
@@ -234,8 +242,33 @@ def errors_against_oracle(case, backend, grad_y, y_ref, grads_ref):
     return errors
 
 
+def errors_against_oracle(case, backend, grad_y, y_ref, grads_ref):
+    """Relative errors of `backend` (forward, and the gradients of the inputs that require grad)."""
+    y, grads = run_op(case, backend, make_leaves(case, backend), grad_y if grads_ref is not None else None)
+    return named_errors(y, grads, y_ref, grads_ref)
+
+
+UNIT_ROUNDOFF = {torch.float64: 2.0 ** -53, torch.float32: 2.0 ** -24, torch.bfloat16: 2.0 ** -8,
+                 torch.float16: 2.0 ** -11}
+
+
+def oracle_sensitivity(case, leaves, grad_y, y_ref, grads_ref):
+    """How far the oracle's results move when every input moves by one rounding of the compute dtype
+    (relative, random signs), the worst of two tries: what rounding costs on this case in any implementation.
+    Sums that cancel (a tiny gradient of one channel, a bias that cancels fc1's output) amplify it far
+    beyond the dtype's tolerance."""
+    u = UNIT_ROUNDOFF[PRECISIONS[case.precision][2] or PRECISIONS[case.precision][1]]
+    gen = torch.Generator().manual_seed(case.seed + 2)
+    jiggle = lambda t: t * (1 + u * (2 * torch.rand(t.shape, generator=gen, dtype=torch.float64) - 1))
+    worst = {}
+    for _ in range(2):
+        errors = named_errors(*run_oracle(case, leaves, grad_y, jiggle), y_ref, grads_ref)
+        worst = {k: max(worst.get(k, 0.0), v) for k, v in errors.items()}
+    return worst
+
+
 def check_parity(case, backend):
-    leaves = make_leaves(case)
+    leaves = make_leaves(case, backend)
     x = views(case, leaves)[0]
     x_before = x.detach().clone()
     grad_y = random_grad_y(case) if case.grad_mode == "grad" else None
@@ -243,17 +276,19 @@ def check_parity(case, backend):
     assert y.shape == x.shape and y.dtype == y_dtype(case)
     assert torch.equal(x.detach(), x_before), "x was written"
     P = case.prefix
-    assert torch.equal(y[:, :P], x.detach()[:, :P].to(y.dtype)), "prefix tokens did not pass through exactly"
+    assert torch.equal(y[:, :P], x.detach()[:, :P].cpu().to(y.dtype)), "prefix tokens did not pass through exactly"
 
     y_ref, grads_ref = run_oracle(case, leaves, grad_y)
     errors = errors_against_oracle(case, backend, grad_y, y_ref, grads_ref)
     bad = {k: v for k, v in errors.items() if not v <= tolerance(case)}
     if bad and backend != "reference" and tolerance(case) >= TOLERANCE[torch.float16]:
-        # Low precision, as DESIGN.md allows: at most ~2x the reference's error in the same precision (a small
-        # sum that cancels loses most of its digits in bf16 in any implementation).
+        # Low precision, as DESIGN.md allows: at most ~2x the reference's error in the same precision.
         eager = errors_against_oracle(case, "reference", grad_y, y_ref, grads_ref)
-        bad = {k: (v, eager[k]) for k, v in bad.items() if v > 2 * eager[k] + 1e-4}
-    assert not bad, f"relative errors above {tolerance(case):g} against the float64 oracle: {bad}"
+        bad = {k: v for k, v in bad.items() if v > 2 * eager[k] + 1e-4}
+    if bad:   # or within what rounding costs on this ill-conditioned case (16 roundings' worth)
+        sensitivity = oracle_sensitivity(case, leaves, grad_y, y_ref, grads_ref)
+        bad = {k: (v, sensitivity[k]) for k, v in bad.items() if v > 16 * sensitivity[k]}
+    assert not bad, f"relative errors above {tolerance(case):g} against the float64 oracle (error, sensitivity): {bad}"
 
 
 @budget(150)
@@ -304,10 +339,10 @@ def poison(case, leaves, targets):
 
 def check_prefix_isolation(case, targets, backend):
     P = case.prefix
-    leaves = poison(case, make_leaves(case), targets)
+    leaves = poison(case, make_leaves(case, backend), targets)
     grad_y = random_grad_y(case)
     y, grads = run_op(case, backend, leaves, grad_y)
-    x = views(case, leaves)[0].detach()
+    x = views(case, leaves)[0].detach().cpu()
     exact = lambda a, b, what: torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True, check_dtype=False,
                                                            msg=lambda m: f"{what} with {targets}: {m}")
     exact(y[:, :P], x[:, :P].to(y.dtype), "y's prefix rows")
@@ -315,7 +350,7 @@ def check_prefix_isolation(case, targets, backend):
     if set(targets) == {"x_prefix"}:
         # The rest does not depend on x's prefix rows: as without them, up to rounding (a BLAS may take another
         # path, with other rounding, for a matrix that holds an inf), and finite.
-        clean_y, clean_grads = run_op(case, backend, make_leaves(case), grad_y)
+        clean_y, clean_grads = run_op(case, backend, make_leaves(case, backend), grad_y)
         errors = {"y's patch rows": rel_err(y[:, P:], clean_y[:, P:]),
                   "grad_x's patch rows": rel_err(grads[0][:, P:], clean_grads[0][:, P:])}
         errors.update({f"grad_{name}": rel_err(g, g_clean)
