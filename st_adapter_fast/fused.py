@@ -19,6 +19,9 @@ frames = 256, L = 197, P = 1, C = 768, bf16; measure on a GPU before changing th
     ops.py); that copy writes zeros on the prefix rows instead of x's, at no extra cost. When x already has
     the compute dtype and P > 0, backward makes that copy itself: frames * N * C elements read and
     frames * L * C written, 77.1 + 77.5 MB, plus the same 77.5 MB held until fc1's weight gradient is done.
+  Launches: each prefix copy is one more small kernel per direction, and a zero-prefix copy is two (zero
+  the prefix rows, copy the patch rows) where the autocast cast was one: host time where a step is
+  launch-bound (eager fwd + bwd on a GPU).
   Prefix rows of grad_y are not isolated from the fc2 gradients (grad_fc2 = g^T @ a over all rows): a
   non-finite gradient on the class token reaches the weights, as it reaches everything upstream anyway.
 """
