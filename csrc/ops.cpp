@@ -6,42 +6,92 @@
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <utility>
+#include <vector>
+
 namespace st_adapter_fast {
 
 Activation parse_activation(c10::string_view name) {
   if (name == "none") return Activation::kNone;
   if (name == "gelu") return Activation::kGelu;
   if (name == "quick_gelu") return Activation::kQuickGelu;
-  SAF_CHECK(false, "st_adapter_fast: activation must be 'none', 'gelu' or 'quick_gelu', got '", name, "'");
+  SAF_CHECK_VALUE(false, "st_adapter_fast: activation must be 'none', 'gelu' or 'quick_gelu', got '", name, "'");
 }
 
 ConvShape check_conv_inputs(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
                             int64_t num_frames, const char* op) {
-  SAF_CHECK(h.dim() == 3, op, ": h must be (frames, tokens, channels), got ", h.sizes());
-  SAF_CHECK(h.stride(2) == 1 || h.size(2) <= 1, op, ": h's channel stride must be 1, got ", h.strides());
-  SAF_CHECK(weight.dim() == 2, op, ": weight must be (channels, kt), got ", weight.sizes());
+  SAF_CHECK_VALUE(h.dim() == 3, op, ": h must be (frames, tokens, channels), got ", h.sizes());
+  SAF_CHECK_VALUE(h.stride(2) == 1 || h.size(2) <= 1, op, ": h's channel stride must be 1, got ", h.strides());
+  SAF_CHECK_TYPE(at::isFloatingType(h.scalar_type()), op, ": h must be float32, float64, bfloat16 or float16, got ",
+                 h.scalar_type());
+  SAF_CHECK_VALUE(weight.dim() == 2, op, ": weight must be (channels, kt), got ", weight.sizes());
   const int64_t channels = h.size(2), kernel_t = weight.size(1);
-  SAF_CHECK(weight.size(0) == channels, op, ": weight has ", weight.size(0), " channels, h has ", channels);
-  SAF_CHECK(kernel_t % 2 == 1 && kernel_t <= kMaxKernelT, op, ": kt must be odd and <= ", kMaxKernelT,
-              ", got ", kernel_t);
-  SAF_CHECK(bias.dim() == 1 && bias.size(0) == channels, op, ": bias must be (", channels, "), got ",
-              bias.sizes());
-  SAF_CHECK(weight.scalar_type() == h.scalar_type() && bias.scalar_type() == h.scalar_type(), op,
-              ": h, weight and bias must have one dtype, got ", h.scalar_type(), ", ", weight.scalar_type(),
-              ", ", bias.scalar_type());
-  SAF_CHECK(weight.device() == h.device() && bias.device() == h.device(), op,
-              ": h, weight and bias must be on one device");
-  SAF_CHECK(num_frames > 0 && h.size(0) % num_frames == 0, op, ": num_frames=", num_frames,
-              " must be positive and divide the frame count ", h.size(0));
+  SAF_CHECK_VALUE(weight.size(0) == channels, op, ": weight has ", weight.size(0), " channels, h has ", channels);
+  SAF_CHECK_VALUE(kernel_t % 2 == 1 && kernel_t <= kMaxKernelT, op, ": kt must be odd and <= ", kMaxKernelT,
+                  ", got ", kernel_t);
+  SAF_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == channels, op, ": bias must be (", channels, "), got ",
+                  bias.sizes());
+  SAF_CHECK_TYPE(weight.scalar_type() == h.scalar_type() && bias.scalar_type() == h.scalar_type(), op,
+                 ": h, weight and bias must have one dtype, got ", h.scalar_type(), ", ", weight.scalar_type(),
+                 ", ", bias.scalar_type());
+  SAF_CHECK_VALUE(weight.device() == h.device() && bias.device() == h.device(), op,
+                  ": h, weight and bias must be on one device");
+  SAF_CHECK_VALUE(num_frames > 0 && h.size(0) % num_frames == 0, op, ": num_frames=", num_frames,
+                  " must be positive and divide the frame count ", h.size(0));
   return {h.size(0), h.size(1), channels, kernel_t, num_frames, h.size(0) / num_frames};
 }
 
 void check_like_h(const at::Tensor& t, const at::Tensor& h, const char* name, const char* op) {
-  SAF_CHECK(t.sizes() == h.sizes(), op, ": ", name, " must have h's shape ", h.sizes(), ", got ", t.sizes());
-  SAF_CHECK(t.scalar_type() == h.scalar_type(), op, ": ", name, " must have h's dtype ", h.scalar_type(),
-              ", got ", t.scalar_type());
-  SAF_CHECK(t.device() == h.device(), op, ": ", name, " must be on h's device");
-  SAF_CHECK(t.stride(2) == 1 || t.size(2) <= 1, op, ": ", name, "'s channel stride must be 1, got ", t.strides());
+  SAF_CHECK_VALUE(t.sizes() == h.sizes(), op, ": ", name, " must have h's shape ", h.sizes(), ", got ", t.sizes());
+  SAF_CHECK_TYPE(t.scalar_type() == h.scalar_type(), op, ": ", name, " must have h's dtype ", h.scalar_type(),
+                 ", got ", t.scalar_type());
+  SAF_CHECK_VALUE(t.device() == h.device(), op, ": ", name, " must be on h's device");
+  SAF_CHECK_VALUE(t.stride(2) == 1 || t.size(2) <= 1, op, ": ", name, "'s channel stride must be 1, got ",
+                  t.strides());
+}
+
+namespace {
+
+// [first, last] byte offsets, within its storage, of the elements of t (t has at least one element).
+std::pair<int64_t, int64_t> byte_span(const at::Tensor& t) {
+  int64_t first = t.storage_offset(), last = t.storage_offset();
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    const int64_t reach = (t.size(d) - 1) * t.stride(d);
+    (reach < 0 ? first : last) += reach;
+  }
+  const int64_t item = t.element_size();
+  return {first * item, last * item + item - 1};
+}
+
+}  // namespace
+
+void check_no_internal_overlap(const at::Tensor& t, const char* name, const char* op) {
+  // Sufficient for no overlap: with the dimensions of size > 1 sorted by |stride|, each stride steps over
+  // everything the smaller ones span. Layouts it refuses that do not overlap (interleavings) are not what
+  // the kernels are for.
+  if (t.numel() == 0) return;
+  std::vector<std::pair<int64_t, int64_t>> dims;   // (|stride|, size)
+  for (int64_t d = 0; d < t.dim(); ++d)
+    if (t.size(d) > 1) dims.emplace_back(std::abs(t.stride(d)), t.size(d));
+  std::sort(dims.begin(), dims.end());
+  int64_t span = 1;   // elements covered by the smaller dimensions
+  for (const auto& [stride, size] : dims) {
+    SAF_CHECK_VALUE(stride >= span, op, ": ", name, " has elements that share memory (sizes ", t.sizes(),
+                    ", strides ", t.strides(), "); pass a tensor without a stride 0 or overlapping rows");
+    span = stride * (size - 1) + span;
+  }
+}
+
+void check_no_overlap(const at::Tensor& out, const char* out_name, const at::Tensor& t, const char* name,
+                      const char* op) {
+  if (out.numel() == 0 || t.numel() == 0 || !out.storage().is_alias_of(t.storage())) return;
+  const auto [out_first, out_last] = byte_span(out);
+  const auto [first, last] = byte_span(t);
+  SAF_CHECK_VALUE(out_last < first || last < out_first, op, ": ", out_name, " overlaps ", name,
+                  " in memory; the kernels write ", out_name, " while reading ", name,
+                  ", so pass a separate tensor");
 }
 
 namespace {
@@ -56,7 +106,13 @@ CheckedCall check_forward_call(const at::Tensor& h, const at::Tensor& weight, co
                                int64_t num_frames, c10::string_view activation, const at::Tensor* out,
                                const char* op) {
   const ConvShape shape = check_conv_inputs(h, weight, bias, num_frames, op);
-  if (out) check_like_h(*out, h, "out", op);
+  if (out) {
+    check_like_h(*out, h, "out", op);
+    check_no_internal_overlap(*out, "out", op);
+    check_no_overlap(*out, "out", h, "h", op);
+    check_no_overlap(*out, "out", weight, "weight", op);
+    check_no_overlap(*out, "out", bias, "bias", op);
+  }
   return {shape, parse_activation(activation)};
 }
 
@@ -68,6 +124,16 @@ CheckedCall check_backward_call(const at::Tensor& grad_a, const at::Tensor& h, c
   check_like_h(grad_a, h, "grad_a", op);
   if (grad_h) check_like_h(*grad_h, h, "grad_h", op);
   if (a) check_like_h(*a, h, "a", op);
+  if (grad_h && a) {
+    const std::pair<const at::Tensor*, const char*> outputs[] = {{grad_h, "grad_h"}, {a, "a"}};
+    const std::pair<const at::Tensor*, const char*> inputs[] = {
+        {&grad_a, "grad_a"}, {&h, "h"}, {&weight, "weight"}, {&bias, "bias"}};
+    for (const auto& [out, out_name] : outputs) {
+      check_no_internal_overlap(*out, out_name, op);
+      for (const auto& [in, in_name] : inputs) check_no_overlap(*out, out_name, *in, in_name, op);
+    }
+    check_no_overlap(*grad_h, "grad_h", *a, "a", op);
+  }
   return {shape, parse_activation(activation)};
 }
 

@@ -44,7 +44,11 @@ std::string message(const Parts&... parts) {
   return out;
 }
 
+// SAF_CHECK: RuntimeError (what this build or device cannot do). SAF_CHECK_VALUE / SAF_CHECK_TYPE: a bad
+// argument, raised in Python as ValueError / TypeError, as the package's Python checks raise them.
 #define SAF_CHECK(cond, ...) TORCH_CHECK(cond, ::st_adapter_fast::message(__VA_ARGS__))
+#define SAF_CHECK_VALUE(cond, ...) TORCH_CHECK_VALUE(cond, ::st_adapter_fast::message(__VA_ARGS__))
+#define SAF_CHECK_TYPE(cond, ...) TORCH_CHECK_TYPE(cond, ::st_adapter_fast::message(__VA_ARGS__))
 
 constexpr int64_t kMaxKernelT = 7;
 
@@ -61,6 +65,11 @@ ConvShape check_conv_inputs(const at::Tensor& h, const at::Tensor& weight, const
                             int64_t num_frames, const char* op);
 // A tensor the kernels read or write beside h: same shape, dtype and device, channel stride 1.
 void check_like_h(const at::Tensor& t, const at::Tensor& h, const char* name, const char* op);
+// An output the kernels write: no two of its elements share memory (a stride 0, or rows that overlap).
+void check_no_internal_overlap(const at::Tensor& t, const char* name, const char* op);
+// An output `out` and another argument `t` of the call do not share any memory.
+void check_no_overlap(const at::Tensor& out, const char* out_name, const at::Tensor& t, const char* name,
+                      const char* op);
 
 // Device kernels: write `out` (and, backward, `grad_h`, `a`). The backward returns the reductions as one
 // (kt + 2, Ca) tensor in the accumulation dtype (fp32; fp64 for double): rows 0..kt-1 the weight gradient

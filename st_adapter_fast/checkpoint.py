@@ -71,28 +71,48 @@ def save_adapters(model, path):
 
 def load_adapters(model, path):
     """Load what `save_adapters` wrote into `model`, strictly: the adapter configuration must equal the
-    model's, and the saved tensors must be exactly the model's trainable parameters, with their shapes.
-    Raises ValueError saying what differs."""
+    model's, and the saved tensors must be exactly the model's trainable parameters, with their shapes and a
+    floating-point dtype (cast to the parameter's on copy). Everything is checked before anything is
+    copied: on an error the model is untouched. Raises ValueError / TypeError naming the file and, for a
+    tensor, its name."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
-    with open(os.path.join(path, CONFIG_NAME)) as f:
-        config = json.load(f)
+    config_file, weights_file = os.path.join(path, CONFIG_NAME), os.path.join(path, WEIGHTS_NAME)
+    with open(config_file) as f:
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{config_file}: not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_file}: expected a JSON object (as save_adapters writes), got a JSON "
+                         f"{type(config).__name__}")
     if config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unknown adapter checkpoint format {config.get('format_version')!r}")
+        raise ValueError(f"{config_file}: unknown adapter checkpoint format {config.get('format_version')!r}")
+    saved = config.get("st_adapter_config")
+    if not isinstance(saved, dict):
+        raise ValueError(f"{config_file}: 'st_adapter_config' must be a JSON object with the adapter "
+                         f"configuration, got {saved!r}")
     ours = json.loads(json.dumps(adapter_config(model)))   # as it would read back from JSON
-    saved = config["st_adapter_config"]
     if saved != ours:
         diff = {k: (saved.get(k), ours.get(k)) for k in sorted(set(saved) | set(ours)) if saved.get(k) != ours.get(k)}
-        raise ValueError(f"{path}: adapter configuration differs from the model's (saved, model): {diff}")
-    tensors = load_file(os.path.join(path, WEIGHTS_NAME))
+        raise ValueError(f"{config_file}: adapter configuration differs from the model's (saved, model): {diff}")
+    try:
+        tensors = load_file(weights_file)
+    except SafetensorError as error:
+        raise ValueError(f"{weights_file}: not a readable safetensors file ({error})") from None
     params = _trainable(model)
     missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
     if missing or unexpected:
-        raise ValueError(f"{path}: tensors do not match the model's trainable parameters; "
+        raise ValueError(f"{weights_file}: tensors do not match the model's trainable parameters; "
                          f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                          f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
     for name, t in tensors.items():
         if tuple(t.shape) != tuple(params[name].shape):
-            raise ValueError(f"{path}: {name} has shape {tuple(t.shape)}, the model's {tuple(params[name].shape)}")
+            raise ValueError(f"{weights_file}: {name} has shape {tuple(t.shape)}, the model's "
+                             f"{tuple(params[name].shape)}")
+        if not t.is_floating_point():
+            raise TypeError(f"{weights_file}: {name} has dtype {t.dtype}; adapter checkpoint tensors must be "
+                            f"floating point (the model's is {params[name].dtype})")
     with torch.no_grad():
         for name, t in tensors.items():
             params[name].copy_(t)

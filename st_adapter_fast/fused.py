@@ -5,15 +5,35 @@ gradients) in one kernel pass in the token layout. A backend supplies that kerne
 the Triton one (triton/adapter.py) or the compiled one (compiled.py).
 
 Tensors come in validated (ops.py); the compute dtype is the parameters' dtype, `x` may differ (autocast).
+
+Prefix tokens are isolated exactly, whatever the weights or x's prefix rows hold (inf and NaN included).
+The GEMMs run over all L rows of each frame (a (frames * L, .) view needs no copy; the patch rows alone
+allow no 2-d view) with zeroed prefix rows on one side; 0 * inf = NaN would then leak into the prefix rows
+of the result, or into a sum over rows. What each guard costs, in extra bytes moved per call (ViT-B/16,
+frames = 256, L = 197, P = 1, C = 768, bf16; measure on a GPU before changing them):
+  - y's prefix rows are copied from x after the up-projection (`_restore_prefix`): P * frames * C elements
+    read and written, 0.4 + 0.4 MB (0.8 + 0.8 MB for an fp32 residual under autocast).
+  - grad_x's prefix rows are copied from grad_y after the input-gradient GEMM: the same, 0.8 MB.
+  - fc1's weight gradient sums x's rows against grad_h, whose prefix rows are zero: x's prefix rows must be
+    finite zeros there. Under autocast x is cast to the compute dtype anyway (`zero_prefix_copy`, made in
+    ops.py); that copy writes zeros on the prefix rows instead of x's, at no extra cost. When x already has
+    the compute dtype and P > 0, backward makes that copy itself: frames * N * C elements read and
+    frames * L * C written, 77.1 + 77.5 MB, plus the same 77.5 MB held until fc1's weight gradient is done.
+  Launches: each prefix copy is one more small kernel per direction, and a zero-prefix copy is two (zero
+  the prefix rows, copy the patch rows) where the autocast cast was one: host time where a step is
+  launch-bound (eager fwd + bwd on a GPU).
+  Prefix rows of grad_y are not isolated from the fc2 gradients (grad_fc2 = g^T @ a over all rows): a
+  non-finite gradient on the class token reaches the weights, as it reaches everything upstream anyway.
 """
 import torch
 
 # Where the backend folds fc2's bias into the GEMM (kernels.fold_fc2_bias), the up-projection's input `a`
 # carries BIAS_COLUMNS extra columns: a 1 on patch rows (0 on prefix rows) that meets fc2.bias in the
 # augmented weight, and zero padding that keeps rows 16-byte aligned. Then y = x + a_aug @ W2_aug^T is one
-# GEMM that leaves the prefix rows exactly x, and the bias gradient falls out of the weight gradient's
-# extra column. On the CPU the 8 extra columns cost MKL ~15% on those GEMMs (K = 392 instead of 384),
-# more than a separate bias add, so there the bias is added to the patch rows and summed in backward.
+# GEMM that leaves the prefix rows x (exactly once _restore_prefix has run), and the bias gradient falls
+# out of the weight gradient's extra column. On the CPU the 8 extra columns cost MKL ~15% on those GEMMs
+# (K = 392 instead of 384), more than a separate bias add, so there the bias is added to the patch rows and
+# summed in backward.
 BIAS_COLUMNS = 8
 
 
@@ -42,6 +62,23 @@ def _zero_prefix_buffer(frames, num_tokens, num_prefix_tokens, channels, like):
     buf = torch.empty((frames, num_tokens, channels), device=like.device, dtype=like.dtype)
     buf[:, :num_prefix_tokens].zero_()
     return buf
+
+
+def zero_prefix_copy(x, dtype, num_prefix_tokens):
+    """A contiguous copy of x (frames, L, C) in `dtype` with its first `num_prefix_tokens` rows of each frame
+    zero: what the GEMMs over all L rows read of x, so that x's prefix rows (finite or not) add nothing to
+    sums over rows. One pass over x (differentiable: a slice copy)."""
+    out = x.new_empty(x.shape, dtype=dtype)
+    out[:, :num_prefix_tokens] = 0
+    out[:, num_prefix_tokens:] = x[:, num_prefix_tokens:]
+    return out
+
+
+def _restore_prefix(out, source, num_prefix_tokens):
+    """out[:, :P] = source[:, :P] (cast to out's dtype): prefix rows exact even where a GEMM over all rows
+    met a non-finite weight in their zero rows (0 * inf = NaN). P * frames * C elements read and written."""
+    if num_prefix_tokens:
+        out[:, :num_prefix_tokens] = source[:, :num_prefix_tokens]
 
 
 def _activation_buffer(frames, num_tokens, num_prefix_tokens, adapter_channels, fold_bias, like):
@@ -79,7 +116,7 @@ _HAS_ADDMM_OUT_DTYPE = hasattr(torch.ops.aten.addmm, "dtype")
 def _add_matmul(kernels, residual, a_rows, weight_t, out_dtype):
     """residual + a @ weight_t over all rows, as out_dtype: one torch.addmm where dtypes and strides allow
     (an fp32 residual with low-precision operands included, on CUDA), else the backend's matmul_residual.
-    Rows where `a` is zero (the prefix tokens) come out exactly as the residual."""
+    Rows where `a` is zero (the prefix tokens) come out as the residual if `weight_t` is finite."""
     frames, num_tokens, channels = residual.shape
     residual_rows = _rows(residual)
     if residual_rows is not None and residual.dtype == a_rows.dtype == out_dtype:
@@ -92,17 +129,15 @@ def _add_matmul(kernels, residual, a_rows, weight_t, out_dtype):
     return kernels.matmul_residual(a_rows.view(frames, num_tokens, -1), weight_t, residual, out)
 
 
-def adapter_forward(kernels, x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias,
+def adapter_forward(kernels, x, x_low, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias,
                     num_frames, num_prefix_tokens, activation, need_h):
-    """(y, h, x_low). When need_h (else empty tensors): h = fc1(x) of shape (frames, L, Ca), read on patch rows
-    only, and, if x's dtype is not the compute dtype (autocast), x_low = x in the compute dtype: what the
-    backward needs of x, at the size the reference keeps."""
+    """(y, h). x is the residual; the GEMMs read x_low, x's `zero_prefix_copy` in the compute dtype, or x
+    itself when x_low is None (x already in the compute dtype). When need_h (else an empty tensor): h =
+    fc1(x) of shape (frames, L, Ca), read on patch rows only, for backward."""
     frames, num_tokens, channels = x.shape
     P = num_prefix_tokens
     Ca = conv_weight.shape[0]
-    dtype = fc1_weight.dtype
-    # The GEMM for fc1 needs x in the compute dtype, and backward keeps that copy (a no-op when dtypes agree).
-    x_low = x.to(dtype) if (need_h or not kernels.fused_gemm) else x
+    x_gemm = x if x_low is None else x_low
     fold_bias = kernels.fold_fc2_bias(x.device)
     a_buf = _activation_buffer(frames, num_tokens, P, Ca, fold_bias, fc1_weight)
     a = a_buf[:, P:, :Ca]
@@ -111,23 +146,25 @@ def adapter_forward(kernels, x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc
         h_full = _zero_prefix_buffer(frames, num_tokens, P, Ca, a) if need_h else a.new_empty((0, 1, 1))
         h = h_full[:, P:] if need_h else a  # not written when not stored
     else:  # all L rows through one GEMM: no slicing copy; the kernel reads the patch rows
-        h_full = torch.nn.functional.linear(x_low, fc1_weight, fc1_bias)
+        h_full = torch.nn.functional.linear(x_gemm, fc1_weight, fc1_bias)
         h = h_full[:, P:]
-    kernels.conv_act_forward(x_patch=x[:, P:], fc1_weight=fc1_weight, fc1_bias=fc1_bias,
+    kernels.conv_act_forward(x_patch=x_gemm[:, P:], fc1_weight=fc1_weight, fc1_bias=fc1_bias,
                              conv_weight=conv_weight.reshape(Ca, -1).contiguous(), conv_bias=conv_bias, h=h, a=a,
                              num_frames=num_frames, activation=activation, store_h=need_h)
     up_weight = _augmented_fc2_weight(fc2_weight, fc2_bias) if fold_bias else fc2_weight
-    y = _add_matmul(kernels, x, a_buf.view(frames * num_tokens, -1), up_weight.t(), torch.promote_types(x.dtype, dtype))
+    y = _add_matmul(kernels, x, a_buf.view(frames * num_tokens, -1), up_weight.t(),
+                    torch.promote_types(x.dtype, fc1_weight.dtype))
     if not fold_bias:
-        y[:, P:] += fc2_bias   # patch rows only: prefix rows stay exactly x
-    empty = lambda: a.new_empty((0, 1, 1))  # distinct tensors: op outputs must not alias
-    return y, (h_full if need_h else empty()), (x_low if need_h and x.dtype != dtype else empty())
+        y[:, P:] += fc2_bias
+    _restore_prefix(y, x, P)
+    return y, (h_full if need_h else a.new_empty((0, 1, 1)))
 
 
 def adapter_backward(kernels, grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight,
-                     num_frames, num_prefix_tokens, activation):
-    """Gradients (x, fc1.weight, fc1.bias, conv.weight, conv.bias, fc2.weight, fc2.bias); x may be the
-    forward's x_low, and the gradient of x comes in grad_y's dtype (autograd casts it to x's)."""
+                     num_frames, num_prefix_tokens, activation, x_prefix_zeroed):
+    """Gradients (x, fc1.weight, fc1.bias, conv.weight, conv.bias, fc2.weight, fc2.bias). x is what the
+    forward's GEMMs read (x or x_low, in the compute dtype; `x_prefix_zeroed` says whether its prefix rows
+    are zero); the gradient of x comes in grad_y's dtype (autograd casts it to x's)."""
     frames, num_tokens, channels = x.shape
     P = num_prefix_tokens
     Ca = conv_weight.shape[0]
@@ -151,8 +188,11 @@ def adapter_backward(kernels, grad_y, x, h, fc1_weight, conv_weight, conv_bias, 
     else:
         grad_fc2_weight = grad_fc2
         grad_fc2_bias = grad_y[:, P:].sum((0, 1), dtype=torch.promote_types(dtype, torch.float32)).to(dtype)
-    grad_fc1_weight = grad_h.view(-1, Ca).t() @ x.reshape(-1, channels).to(dtype)
-    # Prefix rows of grad_h are zero, so over all L rows dx = g there, exactly.
+    # A sum over all rows whose grad_h prefix rows are zero: x's prefix rows must be zero too (see the top).
+    x_rows = x if x_prefix_zeroed or P == 0 else zero_prefix_copy(x, dtype, P)
+    grad_fc1_weight = grad_h.view(-1, Ca).t() @ x_rows.reshape(-1, channels)
+    del x_rows
     grad_x = _add_matmul(kernels, grad_y, grad_h.view(-1, Ca), fc1_weight, grad_y.dtype)
+    _restore_prefix(grad_x, grad_y, P)   # grad_h's zero prefix rows met fc1.weight: exact only if it is finite
     return (grad_x, grad_fc1_weight, grad_fc1_bias, grad_conv_weight.reshape(conv_weight.shape), grad_conv_bias,
             grad_fc2_weight, grad_fc2_bias)

@@ -14,9 +14,9 @@ import torch
 
 from . import compiled
 from .activations import activation_op_name, check_activation
-from .fused import adapter_backward, adapter_forward
-from .reference import st_adapter_reference
-from .validation import check_adapter_inputs, temporal_kernel_reason
+from .fused import adapter_backward, adapter_forward, zero_prefix_copy
+from .reference import adapter_delta, st_adapter_reference
+from .validation import autocast_active, check_adapter_inputs, temporal_kernel_reason
 
 BACKENDS = ("auto", "triton", "cuda", "cpu", "reference")
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -44,7 +44,7 @@ def _triton_unsupported_reason(x, compute_dtype, kernel_size):
     """Why the Triton path cannot run this call, or None if it can."""
     if not HAS_TRITON:
         return "triton is not installed"
-    if not (x.is_cuda or _interpreting()):
+    if not (x.is_cuda or (x.device.type == "cpu" and _interpreting())):
         return f"x is on {x.device}; Triton kernels need a CUDA device (or TRITON_INTERPRET=1 on the CPU)"
     if compute_dtype not in TRITON_DTYPES:
         return f"dtype {compute_dtype} is not supported by the Triton kernels (float32, bfloat16, float16 are)"
@@ -59,11 +59,12 @@ def choose_backend(backend, x, compute_dtype, kernel_size):
     """Resolve `backend` to the path that runs ("triton", "cuda", "cpu" or "reference"), or raise why it cannot.
 
     "auto": the compiled kernels of the tensors' device (csrc/), else on a GPU the Triton kernels; the
-    reference (with a one-time warning) where none of those can run the call.
+    reference (with a one-time warning) where none of those can run the call. Meta tensors (shape
+    inference, deferred init) take the reference path under "auto", without a warning.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "reference":
+    if backend == "reference" or (backend == "auto" and x.device.type == "meta"):
         return "reference"
     if backend in ("cuda", "cpu"):
         reason = compiled.unavailable_reason(backend, x, compute_dtype, kernel_size)
@@ -111,27 +112,37 @@ def st_adapter(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_
 
     Under autocast the parameters are cast to the autocast dtype and the result has dtype
     ``promote_types(x.dtype, autocast dtype)``, as the reference gives.
+
+    Prefix tokens pass through exactly (y's prefix rows are x's, x's gradient there is y's), whatever the
+    weights hold, inf and NaN included; the weights' gradients do not depend on x's prefix rows.
+    Double backward (``create_graph=True``) is exact on every backend: the kernel paths then compute their
+    backward with differentiable torch operations (autograd through the reference's formulas) instead of
+    the kernels. Under torch.compile it is not supported (torch raises an error).
     """
     check_activation(activation)
     device_type = x.device.type if isinstance(x, torch.Tensor) else "cpu"
-    autocast = torch.is_autocast_enabled(device_type)
+    autocast = autocast_active(device_type)
     params = (fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias)
     shape = check_adapter_inputs(x, num_frames, *params, num_prefix_tokens=num_prefix_tokens,
                                  grid_size=grid_size, allow_mixed_dtype=autocast)
+    num_frames, num_prefix_tokens = shape.num_frames, shape.num_prefix_tokens
     compute_dtype = torch.get_autocast_dtype(device_type) if autocast else fc1_weight.dtype
     path = choose_backend(backend, x, compute_dtype, shape.kernel_size)
     if path == "reference" or x.numel() == 0:   # nothing for a kernel to do on an empty batch
         return st_adapter_reference(x, num_frames, *params, activation=activation,
                                     num_prefix_tokens=num_prefix_tokens, grid_size=grid_size)
-    if autocast:
-        params = tuple(p.to(compute_dtype) for p in params)
+    # The kernels index parameters as contiguous (they are tiny: a copy of a strided view costs nothing).
+    params = tuple(p.to(compute_dtype).contiguous() for p in params)
     if x.stride(-1) != 1:
         _warn_once(f"st_adapter_fast: x's last dimension is not contiguous (stride != 1); the {path} path "
                    "makes a contiguous copy of x first")
         x = x.contiguous()
+    # What the GEMMs read of x, in the compute dtype: x itself, or (autocast) a copy whose prefix rows are
+    # zero (see fused.py). Made here, differentiably, so that a double backward reaches x through it.
+    x_low = None if x.dtype == compute_dtype else zero_prefix_copy(x, compute_dtype, num_prefix_tokens)
     need_h = torch.is_grad_enabled() and any(t.requires_grad for t in (x,) + params)
     kernels = "triton" if path == "triton" else "compiled"
-    args = (x, *params, num_frames, num_prefix_tokens, activation_op_name(activation), need_h, kernels)
+    args = (x, x_low, *params, num_frames, num_prefix_tokens, activation_op_name(activation), need_h, kernels)
     if torch.compiler.is_compiling():
         return adapter_fwd(*args)[0]
     return _EagerKernelAdapter.apply(*args)
@@ -150,84 +161,115 @@ def _kernels(name):
     raise ValueError(f"unknown kernels {name!r}")
 
 
-def _forward_impl(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, num_frames,
+def _forward_impl(x, x_low, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, num_frames,
                   num_prefix_tokens, activation, need_h, kernels):
     with torch.autocast(x.device.type, enabled=False):
-        return adapter_forward(_kernels(kernels), x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight,
-                               fc2_bias, num_frames, num_prefix_tokens, activation, need_h)
+        return adapter_forward(_kernels(kernels), x, x_low, fc1_weight, fc1_bias, conv_weight, conv_bias,
+                               fc2_weight, fc2_bias, num_frames, num_prefix_tokens, activation, need_h)
 
 
 def _backward_impl(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight, num_frames, num_prefix_tokens,
-                   activation, kernels):
+                   activation, x_prefix_zeroed, kernels):
     with torch.autocast(x.device.type, enabled=False):
         return adapter_backward(_kernels(kernels), grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight,
-                                num_frames, num_prefix_tokens, activation)
+                                num_frames, num_prefix_tokens, activation, x_prefix_zeroed)
 
 
 @torch.library.custom_op("st_adapter_fast::adapter_fwd", mutates_args=())
-def adapter_fwd(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, conv_weight: torch.Tensor,
-                conv_bias: torch.Tensor, fc2_weight: torch.Tensor, fc2_bias: torch.Tensor, num_frames: int,
-                num_prefix_tokens: int, activation: str, need_h: bool, kernels: str) -> tuple[
-                    torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y, h, x_low): the adapter output and, for backward when need_h, fc1's output (B*T, L, Ca) and x in
-    the compute dtype when that differs from x's (else empty tensors)."""
-    return _forward_impl(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, num_frames,
+def adapter_fwd(x: torch.Tensor, x_low: torch.Tensor | None, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor,
+                conv_weight: torch.Tensor, conv_bias: torch.Tensor, fc2_weight: torch.Tensor, fc2_bias: torch.Tensor,
+                num_frames: int, num_prefix_tokens: int, activation: str, need_h: bool,
+                kernels: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, h): the adapter output and, for backward when need_h, fc1's output (B*T, L, Ca) (else an empty
+    tensor). x_low: x as the GEMMs read it, when x is not in the compute dtype (see st_adapter), else None."""
+    return _forward_impl(x, x_low, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, num_frames,
                          num_prefix_tokens, activation, need_h, kernels)
 
 
 @adapter_fwd.register_fake
-def _(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, num_frames, num_prefix_tokens,
+def _(x, x_low, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, num_frames, num_prefix_tokens,
       activation, need_h, kernels):
     frames, num_tokens, _ = x.shape
     dtype = fc1_weight.dtype
     h_shape = (frames, num_tokens, fc1_weight.shape[0]) if need_h else (0, 1, 1)
-    x_low_shape = x.shape if need_h and x.dtype != dtype else (0, 1, 1)
     y = x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, dtype))
-    return y, x.new_empty(h_shape, dtype=dtype), x.new_empty(x_low_shape, dtype=dtype)
+    return y, x.new_empty(h_shape, dtype=dtype)
 
 
 @torch.library.custom_op("st_adapter_fast::adapter_bwd", mutates_args=())
 def adapter_bwd(grad_y: torch.Tensor, x: torch.Tensor, h: torch.Tensor, fc1_weight: torch.Tensor,
                 conv_weight: torch.Tensor, conv_bias: torch.Tensor, fc2_weight: torch.Tensor, num_frames: int,
-                num_prefix_tokens: int, activation: str, kernels: str) -> tuple[
+                num_prefix_tokens: int, activation: str, x_prefix_zeroed: bool, kernels: str) -> tuple[
                     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of adapter_fwd's y w.r.t. (x, fc1.weight, fc1.bias, conv.weight, conv.bias, fc2.weight, fc2.bias)."""
+    """Gradients of adapter_fwd's y w.r.t. (x, fc1.weight, fc1.bias, conv.weight, conv.bias, fc2.weight, fc2.bias);
+    x is what the forward's GEMMs read (x or x_low)."""
     return _backward_impl(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight, num_frames,
-                          num_prefix_tokens, activation, kernels)
+                          num_prefix_tokens, activation, x_prefix_zeroed, kernels)
 
 
 @adapter_bwd.register_fake
 def _(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight, num_frames, num_prefix_tokens, activation,
-      kernels):
+      x_prefix_zeroed, kernels):
     ca, c = fc1_weight.shape
     new = lambda *shape: fc1_weight.new_empty(shape)
     return (torch.empty_like(grad_y), new(ca, c), new(ca), torch.empty_like(conv_weight), new(ca), new(c, ca), new(c))
 
 
-def _save_for_backward(ctx, inputs, h, x_low):
-    (x, fc1_weight, _, conv_weight, conv_bias, fc2_weight, _, num_frames, num_prefix_tokens, activation, need_h,
-     kernels) = inputs
+def _save_for_backward(ctx, inputs, h):
+    (x, x_low, *params, num_frames, num_prefix_tokens, activation, need_h, kernels) = inputs
     if need_h:
-        # x (in the compute dtype, as fc1's weight gradient uses it) and h are all that is kept;
-        # the conv and the activation are recomputed from h.
-        ctx.save_for_backward(x_low if x_low.numel() else x, h, fc1_weight, conv_weight, conv_bias, fc2_weight)
-        ctx.config = (num_frames, num_prefix_tokens, activation, kernels)
+        # What the GEMMs read of x (x itself, or x_low under autocast) and h are all that is kept besides the
+        # parameters; the conv and the activation are recomputed from h.
+        ctx.save_for_backward(x if x_low is None else x_low, h, *params)
+        ctx.config = (num_frames, num_prefix_tokens, activation, x_low is not None, kernels)
+
+
+def _differentiable_gradients(grad_y, x, params, num_frames, num_prefix_tokens, activation):
+    """The seven gradients as differentiable torch computations, for a backward that is itself recorded
+    (create_graph=True): autograd, with create_graph, through the reference's formulas on the saved inputs
+    (x here is what the GEMMs read: x, or x_low, which autograd connects to x). Second derivatives are then
+    those of the reference. The kernels' temporal kernels need no grid: it is taken as (N, 1)."""
+    P = num_prefix_tokens
+    shape = check_adapter_inputs(x, num_frames, *params, num_prefix_tokens=P,
+                                 grid_size=(x.shape[1] - P, 1))
+    inputs = (x, *params)
+    wanted = [i for i, t in enumerate(inputs) if t.requires_grad]
+    with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
+        delta = adapter_delta(x, shape, *params, activation)
+        found = torch.autograd.grad(delta, [inputs[i] for i in wanted], grad_y[:, P:].to(delta.dtype),
+                                    create_graph=True, allow_unused=True)
+    grads = [None] * len(inputs)
+    for i, g in zip(wanted, found):
+        grads[i] = g
+    if grads[0] is not None:   # y = x + delta on the patch rows: the identity's gradient, then delta's
+        grads[0] = torch.cat([grad_y[:, :P], grad_y[:, P:] + grads[0][:, P:].to(grad_y.dtype)], dim=1)
+    return grads
 
 
 def _gradients(ctx, grad_y, backward_fn):
+    """Gradients for every input of adapter_fwd (None for x_low and the non-tensor arguments)."""
     saved = ctx.saved_tensors   # read once: activation checkpointing allows one unpacking per backward
     if not saved:
         raise RuntimeError("st_adapter_fast: backward through an adapter call made without gradients enabled")
-    return (*backward_fn(grad_y, *saved, *ctx.config), None, None, None, None, None)
+    x, h, *params = saved
+    num_frames, num_prefix_tokens, activation, x_prefix_zeroed, kernels = ctx.config
+    if torch.is_grad_enabled():   # create_graph=True: the backward is recorded, so it must be differentiable
+        grads = _differentiable_gradients(grad_y, x, params, num_frames, num_prefix_tokens, activation)
+    else:
+        fc1_weight, _, conv_weight, conv_bias, fc2_weight, _ = params
+        grads = backward_fn(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight, num_frames,
+                            num_prefix_tokens, activation, x_prefix_zeroed, kernels)
+    grad_x, *grad_params = grads
+    return (grad_x, None, *grad_params, None, None, None, None, None)
 
 
 def _setup_context(ctx, inputs, output):
-    _, h, x_low = output
-    _save_for_backward(ctx, inputs, h, x_low)
-    ctx.mark_non_differentiable(h, x_low)
+    _, h = output
+    _save_for_backward(ctx, inputs, h)
+    ctx.mark_non_differentiable(h)
 
 
-adapter_fwd.register_autograd(lambda ctx, grad_y, _grad_h, _grad_x_low: _gradients(ctx, grad_y, adapter_bwd),
+adapter_fwd.register_autograd(lambda ctx, grad_y, _grad_h: _gradients(ctx, grad_y, adapter_bwd),
                               setup_context=_setup_context)
 
 
@@ -237,11 +279,10 @@ class _EagerKernelAdapter(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, *inputs):
-        y, h, x_low = _forward_impl(*inputs)
-        _save_for_backward(ctx, inputs, h, x_low)
+        y, h = _forward_impl(*inputs)
+        _save_for_backward(ctx, inputs, h)
         return y
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
         return _gradients(ctx, grad_y, _backward_impl)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import apply_activation, check_activation
-from .validation import check_adapter_inputs, check_kernel_size
+from .validation import as_int, autocast_active, check_adapter_inputs, check_kernel_size
 
 
 def st_adapter_reference(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias,
@@ -18,7 +18,15 @@ def st_adapter_reference(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_
     check_activation(activation)
     shape = check_adapter_inputs(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight,
                                  fc2_bias, num_prefix_tokens=num_prefix_tokens, grid_size=grid_size,
-                                 allow_mixed_dtype=torch.is_autocast_enabled(x.device.type))
+                                 allow_mixed_dtype=autocast_active(x.device.type))
+    P = shape.num_prefix_tokens
+    h = adapter_delta(x, shape, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, activation)
+    return torch.cat([x[:, :P, :], x[:, P:, :] + h], dim=1)
+
+
+def adapter_delta(x, shape, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, activation):
+    """What the adapter adds to the patch tokens, (B*T, N, C): fc2(act(conv(fc1(x[:, P:])))), for inputs
+    already checked (`shape` is their `AdapterShape`)."""
     B, T, H, W = shape.batch, shape.num_frames, shape.height, shape.width
     P, Ca = shape.num_prefix_tokens, shape.adapter_channels
 
@@ -28,16 +36,15 @@ def st_adapter_reference(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_
     h = F.conv3d(h, conv_weight, conv_bias, padding=padding, groups=Ca)
     h = h.permute(0, 2, 3, 4, 1).reshape(B * T, H * W, Ca)
     h = apply_activation(h, activation)
-    h = F.linear(h, fc2_weight, fc2_bias)                                # (B*T, N, C)
-    return torch.cat([x[:, :P, :], x[:, P:, :] + h], dim=1)
+    return F.linear(h, fc2_weight, fc2_bias)                             # (B*T, N, C)
 
 
 class STAdapterReference(nn.Module):
     """ST-Adapter with the authors' parameters (``fc1``, ``conv``, ``fc2``) and init.
 
     Args:
-        in_channels: token width C of the backbone.
-        adapter_channels: bottleneck width Ca.
+        in_channels: token width C of the backbone (a positive int).
+        adapter_channels: bottleneck width Ca (a positive int).
         kernel_size: depthwise Conv3d kernel (kt, kh, kw), every entry odd; an int k means (k, 1, 1).
         activation: "gelu" (the paper), "quick_gelu", or None (the authors' code release).
         num_prefix_tokens: class/register tokens at the start of each frame, passed through unchanged.
@@ -50,9 +57,11 @@ class STAdapterReference(nn.Module):
     def __init__(self, in_channels, adapter_channels, kernel_size=(3, 1, 1), *, activation="gelu",
                  num_prefix_tokens=1, grid_size=None):
         super().__init__()
+        in_channels = as_int("in_channels", in_channels, 1)
+        adapter_channels = as_int("adapter_channels", adapter_channels, 1)
         kernel_size = check_kernel_size(kernel_size)
         self.activation = check_activation(activation)
-        self.num_prefix_tokens = num_prefix_tokens
+        self.num_prefix_tokens = as_int("num_prefix_tokens", num_prefix_tokens, 0)
         self.grid_size = None if grid_size is None else tuple(grid_size)
         self.fc1 = nn.Linear(in_channels, adapter_channels)
         self.conv = nn.Conv3d(adapter_channels, adapter_channels, kernel_size=kernel_size,

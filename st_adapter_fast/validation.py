@@ -3,7 +3,7 @@
 Everything a kernel relies on is checked here, before any kernel runs, and a bad input gets a
 ``TypeError``/``ValueError`` that names the argument and says what was expected.
 """
-import math
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -30,19 +30,46 @@ class AdapterShape:
         return self.num_tokens - self.num_prefix_tokens
 
 
-def resolve_grid(num_patches, grid_size):
-    """(H, W) of the patch grid: `grid_size` if given, else the square root of the patch count."""
+def as_int(name, value, minimum):
+    """`value` as an int (``operator.index``: Python and numpy integers, a SymInt under torch.compile),
+    at least `minimum`; bool, float and other types are refused with an error naming `name`."""
+    if isinstance(value, bool) or isinstance(value, float):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if not isinstance(value, torch.SymInt):
+        try:
+            value = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _is_temporal(kernel_size):
+    return kernel_size is not None and tuple(kernel_size[1:]) == (1, 1)
+
+
+def resolve_grid(num_patches, grid_size, kernel_size=None):
+    """(H, W) of the patch grid: `grid_size` if given, else the square root of the patch count.
+
+    `num_patches` may be a SymInt (torch.compile with a dynamic token count): the square root is then
+    symbolic and torch.compile guards on the count being square. Under torch.export with a dynamic token
+    count a squareness guard cannot hold for every count, so for a temporal `kernel_size` (kt, 1, 1),
+    whose result does not depend on H and W, the grid is taken as (N, 1) without that check.
+    """
     if grid_size is None:
-        side = math.isqrt(num_patches)
+        if (isinstance(num_patches, torch.SymInt) and _is_temporal(kernel_size)
+                and torch.compiler.is_exporting()):
+            return num_patches, 1
+        side = torch.sym_int(torch.sym_sqrt(num_patches))   # exact for perfect squares below 2**52
         if side * side != num_patches:
             raise ValueError(
                 f"grid_size: {num_patches} patch tokens is not a square number; pass grid_size=(H, W) "
                 "with H * W equal to the number of patch tokens")
         return side, side
-    if (not isinstance(grid_size, (tuple, list)) or len(grid_size) != 2
-            or not all(isinstance(s, int) and s > 0 for s in grid_size)):
+    if not isinstance(grid_size, (tuple, list)) or len(grid_size) != 2:
         raise ValueError(f"grid_size must be a pair of positive ints (H, W), got {grid_size!r}")
-    height, width = grid_size
+    height, width = (as_int("grid_size", s, 1) for s in grid_size)
     if height * width != num_patches:
         raise ValueError(
             f"grid_size={tuple(grid_size)} holds {height * width} patches but x has {num_patches} "
@@ -72,6 +99,11 @@ def temporal_kernel_reason(kernel_size, max_kernel_t, kernels):
     return None
 
 
+def autocast_active(device_type):
+    """Whether autocast is on for `device_type`; False for devices autocast does not know (e.g. meta)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 def _check_tensor(name, t, shape):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -90,19 +122,21 @@ def check_adapter_inputs(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 3:
         raise ValueError(f"x must have shape (B*T, L, C), got {x.dim()} dims with shape {tuple(x.shape)}")
-    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
-        raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
+    num_frames = as_int("num_frames", num_frames, 1)
     frames, num_tokens, channels = x.shape
     if frames % num_frames != 0:
         raise ValueError(f"num_frames: x.shape[0] = B*T = {frames} is not divisible by num_frames={num_frames}")
-    if (isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int)
-            or not 0 <= num_prefix_tokens < num_tokens):
+    num_prefix_tokens = as_int("num_prefix_tokens", num_prefix_tokens, 0)
+    if num_prefix_tokens >= num_tokens:
         raise ValueError(
             f"num_prefix_tokens must be an int in [0, L={num_tokens}) (at least one patch token), "
             f"got {num_prefix_tokens!r}")
     if not isinstance(fc1_weight, torch.Tensor) or fc1_weight.dim() != 2:
         raise ValueError("fc1_weight must be a 2-d tensor of shape (adapter_channels, C)")
     adapter_channels = fc1_weight.shape[0]
+    if adapter_channels < 1:
+        raise ValueError(f"fc1_weight has shape {tuple(fc1_weight.shape)}: adapter_channels (its first "
+                         "dimension) must be at least 1")
     if fc1_weight.shape[1] != channels:
         raise ValueError(
             f"fc1_weight: x has C={channels} channels but fc1_weight has shape {tuple(fc1_weight.shape)} "
@@ -131,7 +165,7 @@ def check_adapter_inputs(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_
             f"x is {x.dtype} but the adapter parameters are {fc1_weight.dtype}; cast one of them or run "
             "under torch.autocast")
 
-    height, width = resolve_grid(num_tokens - num_prefix_tokens, grid_size)
+    height, width = resolve_grid(num_tokens - num_prefix_tokens, grid_size, kernel_size)
     return AdapterShape(batch=frames // num_frames, num_frames=num_frames, num_tokens=num_tokens,
                         num_prefix_tokens=num_prefix_tokens, height=height, width=width, channels=channels,
                         adapter_channels=adapter_channels, kernel_size=kernel_size)

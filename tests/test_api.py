@@ -1,6 +1,7 @@
 """Public API: input errors, backend choice and its warnings, module behaviour."""
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -95,8 +96,8 @@ def test_auto_on_cpu_uses_the_compiled_cpu_kernels_without_warning():
 
 
 def test_auto_falls_back_with_one_warning_when_fused_path_cannot_run(monkeypatch):
-    x = torch.empty(4, 5, 8, device="meta")
-    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    x = torch.empty(4, 5, 8)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))   # a CUDA tensor, as far as it asks
     monkeypatch.setattr(ops, "_warned", set())
     with pytest.warns(UserWarning, match="falling back"):
         assert ops.choose_backend("auto", x, torch.float32, (3, 3, 3)) == "reference"
@@ -121,3 +122,57 @@ def test_module_parameters_and_repr():
     assert m.conv.groups == 384 and m.conv.weight.shape == (384, 1, 3, 1, 1)
     assert sum(p.numel() for p in m.parameters()) == 768 * 384 * 2 + 384 * 3 + 384 + 384 + 768
     assert "backend='auto'" in repr(m)
+
+
+@pytest.mark.parametrize("num_frames", [np.int64(2), np.int32(2), np.uint8(2), torch.tensor(2)], ids=repr)
+def test_num_frames_takes_any_integer(num_frames):
+    """operator.index semantics: numpy integers (and 0-d integer tensors) work as ints."""
+    x, params = random_inputs(2, 2, 5, 8, 4, (3, 1, 1))
+    expected = saf.st_adapter(x, 2, *params)
+    for backend in ("auto", "reference"):
+        torch.testing.assert_close(saf.st_adapter(x, num_frames, *params, backend=backend), expected)
+    assert torch.equal(saf.STAdapter(8, 4).double()(x, num_frames), x)
+
+
+@pytest.mark.parametrize("num_frames", [True, 2.0, np.float64(2.0), "2", None], ids=repr)
+def test_num_frames_refuses_non_integers(num_frames):
+    with pytest.raises(TypeError, match="num_frames must be an int"):
+        call(num_frames=num_frames)
+
+
+@pytest.mark.parametrize("adapter_channels", [0, -3])
+def test_adapter_channels_must_be_positive(adapter_channels):
+    for cls in (saf.STAdapter, saf.STAdapterReference):
+        with pytest.raises(ValueError, match="adapter_channels"):
+            cls(8, adapter_channels)
+    with pytest.raises(ValueError, match="in_channels"):
+        saf.STAdapter(adapter_channels, 4)
+    with pytest.raises(TypeError, match="adapter_channels"):
+        saf.STAdapter(8, 4.0)
+    x, params = random_inputs(2, 2, 5, 8, 1, (3, 1, 1))
+    params = [p[:0] if p.shape[0] == 1 else p[:, :0] if p.dim() == 2 else p for p in params]   # Ca = 0
+    with pytest.raises(ValueError, match="adapter_channels"):
+        saf.st_adapter(x, 2, *params)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_meta_tensors_give_shapes(backend):
+    """Shape inference and deferred init: a forward (and backward) on meta tensors."""
+    with torch.device("meta"):
+        adapter = saf.STAdapter(768, 384, backend=backend)
+        x = torch.empty(2 * 8, 197, 768, requires_grad=True)
+    y = adapter(x, 8)
+    assert y.device.type == "meta" and y.shape == x.shape and y.dtype == x.dtype
+    y.sum().backward()
+    assert adapter.fc1.weight.grad.shape == (384, 768) and x.grad.shape == x.shape
+    with torch.autocast("cpu", dtype=torch.bfloat16):   # autocast on another device: no error on meta
+        assert adapter(x, 8).shape == x.shape
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda", "triton"])
+def test_meta_tensors_with_a_kernel_backend_say_why_not(backend):
+    with torch.device("meta"):
+        adapter = saf.STAdapter(16, 8, backend=backend)
+        x = torch.empty(6, 10, 16)
+    with pytest.raises((ValueError, RuntimeError), match="meta"):
+        adapter(x, 3)

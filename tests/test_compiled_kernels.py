@@ -11,7 +11,8 @@ import st_adapter_fast as saf
 from st_adapter_fast.compiled import extension_info
 from st_adapter_fast.parity import random_inputs
 from conftest import DEVICE
-from parity_checks import C, CA, check_backward_deterministic, check_parity, check_strided_inputs
+from parity_checks import (C, CA, check_backward_deterministic, check_double_backward, check_parity,
+                           check_prefix_isolation, check_strided_inputs, check_strided_parameters)
 
 pytestmark = pytest.mark.compiled
 
@@ -73,6 +74,24 @@ def test_strided_and_non_contiguous_inputs(backend, device):
 @pytest.mark.parametrize("backend, device", BACKENDS)
 def test_backward_is_deterministic(backend, device):
     check_backward_deterministic(backend, device, num_tokens=37)
+
+
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_strided_parameters(backend, device):
+    check_strided_parameters(backend, device)
+
+
+@pytest.mark.parametrize("backend, device", BACKENDS)
+@pytest.mark.parametrize("dtype, autocast_dtype", [(torch.float32, None), (torch.float64, None),
+                                                   (torch.float32, torch.bfloat16)], ids=str)
+def test_prefix_tokens_isolated_from_non_finite_values(backend, device, dtype, autocast_dtype):
+    check_prefix_isolation(backend, device, dtype, autocast_dtype)
+
+
+@pytest.mark.parametrize("backend, device", BACKENDS)
+@pytest.mark.parametrize("via_custom_op", [False, True])
+def test_double_backward_matches_reference(backend, device, via_custom_op):
+    check_double_backward(backend, device, torch.float64, via_custom_op=via_custom_op)
 
 
 def test_cpu_kernel_reductions_do_not_depend_on_the_thread_count():
@@ -138,23 +157,79 @@ def test_ops_match_a_naive_loop(activation, backend, device):
 
 
 _h, _w, _b = torch.randn(4, 3, 6), torch.randn(6, 3), torch.randn(6)
-BAD_OP_CALLS = {
-    "frames not divisible": (lambda: ops.temporal_conv_act(_h, _w, _b, 3, "gelu"), "divide the frame count"),
-    "unknown activation": (lambda: ops.temporal_conv_act(_h, _w, _b, 2, "relu"), "activation must be"),
-    "even kt": (lambda: ops.temporal_conv_act(_h, torch.randn(6, 2), _b, 2, "gelu"), "kt must be odd"),
-    "kt too large": (lambda: ops.temporal_conv_act(_h, torch.randn(6, 9), _b, 2, "gelu"), "kt must be odd"),
-    "channel mismatch": (lambda: ops.temporal_conv_act(_h, torch.randn(5, 3), _b, 2, "gelu"), "channels"),
-    "mixed dtypes": (lambda: ops.temporal_conv_act(_h.double(), _w, _b, 2, "gelu"), "one dtype"),
-    "channel stride": (lambda: ops.temporal_conv_act(_h.transpose(1, 2), _w, _b, 2, "gelu"), "channel stride"),
-    "bad out": (lambda: ops.temporal_conv_act_out(_h, _w, _b, 2, "gelu", torch.empty(4, 3, 5)), "out must have"),
+_buf = torch.randn(8, 3, 6)                  # h and an out that share its memory
+
+
+def _fwd_out(out, h=None, weight=None):
+    return ops.temporal_conv_act_out(_h if h is None else h, _w if weight is None else weight, _b, 2, "gelu", out)
+
+
+def _bwd_out(grad_h, a, h=None):
+    h = _h if h is None else h
+    return ops.temporal_conv_act_backward_out(torch.randn_like(h), h, _w, _b, 2, "gelu", grad_h, a)
+
+
+BAD_OP_CALLS = {   # (call, error, message); the module-level tensors are looked up at call time
+    "frames not divisible": (lambda: ops.temporal_conv_act(_h, _w, _b, 3, "gelu"), ValueError, "divide the frame"),
+    "unknown activation": (lambda: ops.temporal_conv_act(_h, _w, _b, 2, "relu"), ValueError, "activation must be"),
+    "even kt": (lambda: ops.temporal_conv_act(_h, torch.randn(6, 2), _b, 2, "gelu"), ValueError, "kt must be odd"),
+    "kt too large": (lambda: ops.temporal_conv_act(_h, torch.randn(6, 9), _b, 2, "gelu"), ValueError, "kt must be odd"),
+    "channel mismatch": (lambda: ops.temporal_conv_act(_h, torch.randn(5, 3), _b, 2, "gelu"), ValueError, "channels"),
+    "mixed dtypes": (lambda: ops.temporal_conv_act(_h.double(), _w, _b, 2, "gelu"), TypeError, "one dtype"),
+    "integer dtype": (lambda: ops.temporal_conv_act(*(t.long() for t in (_h, _w, _b)), 2, "gelu"), TypeError,
+                      "float32"),
+    "channel stride": (lambda: ops.temporal_conv_act(_h.transpose(1, 2), _w, _b, 2, "gelu"), ValueError,
+                       "channel stride"),
+    "bad out": (lambda: _fwd_out(torch.empty(4, 3, 5)), ValueError, "out must have"),
+    "out is h": (lambda: _fwd_out(_h), ValueError, "out overlaps h"),
+    "out overlaps h": (lambda: _fwd_out(_buf[2:6], h=_buf[:4]), ValueError, "out overlaps h"),
+    "out overlaps weight": (lambda: _fwd_out(_buf[:4], weight=_buf.view(-1)[:18].view(6, 3)), ValueError,
+                            "out overlaps weight"),
+    "out with stride 0": (lambda: _fwd_out(torch.empty(1, 3, 6).expand(4, 3, 6)), ValueError,
+                          "out has elements that share memory"),
+    "out with overlapping rows": (lambda: _fwd_out(torch.empty(40).as_strided((4, 3, 6), (6, 2, 1))), ValueError,
+                                  "share memory"),
+    "grad_h is h": (lambda: _bwd_out(_h, torch.empty_like(_h)), ValueError, "grad_h overlaps h"),
+    "a is grad_h": (lambda: _bwd_out(*[torch.empty_like(_h)] * 2), ValueError, "grad_h overlaps a"),
+    "a overlaps h": (lambda: _bwd_out(torch.empty(4, 3, 6), _buf[2:6], h=_buf[:4]), ValueError, "a overlaps h"),
+    "a with stride 0": (lambda: _bwd_out(torch.empty_like(_h), torch.empty(4, 1, 6).expand(4, 3, 6)), ValueError,
+                        "a has elements that share memory"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_OP_CALLS))
 def test_ops_reject_bad_input_with_clear_errors(case):
-    call, match = BAD_OP_CALLS[case]
-    with pytest.raises(RuntimeError, match=match):
+    call, error, match = BAD_OP_CALLS[case]
+    with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize("case", [c for c in BAD_OP_CALLS if "out" in c or "grad_h" in c or " a " in f" {c} "])
+def test_meta_implementations_make_the_same_checks(case):
+    """The Meta implementations share the checks (torch.compile sees the same errors as eager)."""
+    call, error, match = BAD_OP_CALLS[case]
+    with torch.device("meta"), pytest.raises(error, match=match):
+        _meta_call(call)
+
+
+def _meta_call(call):
+    """Run `call` with its module-level tensors moved to the meta device (views kept as views)."""
+    global _h, _w, _b, _buf
+    saved = _h, _w, _b, _buf
+    _buf = _buf.to("meta")
+    _h, _w, _b = _h.to("meta"), _w.to("meta"), _b.to("meta")
+    try:
+        call()
+    finally:
+        _h, _w, _b, _buf = saved
+
+
+def test_out_ops_accept_the_views_the_adapter_passes():
+    """Patch rows of (frames, L, Ca [+ 8]) buffers, as fused.py passes them: strided, not overlapping."""
+    h_full, a_full = torch.randn(4, 5, 6), torch.randn(4, 5, 6 + 8)
+    h, a = h_full[:, 1:], a_full[:, 1:, :6]
+    ops.temporal_conv_act_out(h, _w, _b, 2, "gelu", a)
+    torch.testing.assert_close(a, naive_conv_act(h, _w, _b, 2, "gelu").float())
 
 
 def test_meta_implementations_give_shapes():
@@ -175,7 +250,7 @@ def test_opcheck(backend, device):
     torch.library.opcheck(ops.temporal_conv_act_backward, (torch.randn_like(h), h, weight, bias, 3, "gelu"))
     x, params = random_inputs(2, 3, 13, C, CA, (3, 1, 1), device=device)
     x, params = x.float().requires_grad_(), [p.float().requires_grad_() for p in params]
-    torch.library.opcheck(saf.ops.adapter_fwd, (x, *params, 3, 1, "gelu", True, "compiled"))
+    torch.library.opcheck(saf.ops.adapter_fwd, (x, None, *params, 3, 1, "gelu", True, "compiled"))
 
 
 def test_autocast_on_cpu_matches_reference_dtype_behaviour():

@@ -8,7 +8,8 @@ import torch
 import st_adapter_fast as saf
 from st_adapter_fast.parity import TOLERANCE, parity_errors, random_inputs, rel_err
 from conftest import DEVICE
-from parity_checks import C, CA, check_backward_deterministic, check_parity, check_strided_inputs
+from parity_checks import (C, CA, check_backward_deterministic, check_double_backward, check_parity,
+                           check_prefix_isolation, check_strided_inputs, check_strided_parameters)
 from st_adapter_fast.measure import saved_activation_bytes
 
 pytestmark = pytest.mark.triton
@@ -115,10 +116,12 @@ def test_saved_bytes_at_most_half_of_reference():
 def test_opcheck():
     x, params = random_inputs(2, 3, 13, C, CA, (3, 1, 1), device=DEVICE)
     x, params = x.float().requires_grad_(), [p.float().requires_grad_() for p in params]
-    torch.library.opcheck(saf.ops.adapter_fwd, (x, *params, 3, 1, "gelu", True, "triton"))
+    torch.library.opcheck(saf.ops.adapter_fwd, (x, None, *params, 3, 1, "gelu", True, "triton"))
     low = [p.detach().to(torch.float16).requires_grad_() for p in params]
-    torch.library.opcheck(saf.ops.adapter_fwd, (x, *low, 3, 1, "gelu", True, "triton"))    # autocast-style mixed dtypes
-    torch.library.opcheck(saf.ops.adapter_fwd, (x.detach(), *[p.detach() for p in params], 3, 1, "none", False, "triton"))
+    x_low = saf.fused.zero_prefix_copy(x, torch.float16, 1)
+    torch.library.opcheck(saf.ops.adapter_fwd, (x, x_low, *low, 3, 1, "gelu", True, "triton"))   # autocast-style
+    torch.library.opcheck(saf.ops.adapter_fwd, (x.detach(), None, *[p.detach() for p in params], 3, 1, "none", False,
+                                                "triton"))
 
 
 @pytest.mark.parametrize("autocast", [False, True])
@@ -156,13 +159,23 @@ def test_empty_batch():
     assert y.shape == (0, 10, C)
 
 
-def test_double_backward_raises_instead_of_silently_wrong():
-    x, params = random_inputs(1, 2, 10, C, CA, (3, 1, 1), device=DEVICE)
-    x, params = x.float().requires_grad_(), [p.float().requires_grad_() for p in params]
-    y = saf.st_adapter(x, 2, *params, grid_size=(3, 3), backend="triton")
-    (grad_x,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError):
-        grad_x.sum().backward()
+@pytest.mark.parametrize("via_custom_op", [False, True])
+def test_double_backward_matches_reference(via_custom_op):
+    check_double_backward("triton", via_custom_op=via_custom_op)
+
+
+@pytest.mark.parametrize("fused_gemm", [False, True])
+def test_strided_parameters(fused_gemm, monkeypatch):
+    from st_adapter_fast.triton import adapter as triton_adapter
+    monkeypatch.setattr(triton_adapter, "FUSED_GEMM", fused_gemm)
+    check_strided_parameters("triton")
+
+
+@pytest.mark.parametrize("fused_gemm, autocast_dtype", [(False, None), (True, None), (False, torch.bfloat16)])
+def test_prefix_tokens_isolated_from_non_finite_values(fused_gemm, autocast_dtype, monkeypatch):
+    from st_adapter_fast.triton import adapter as triton_adapter
+    monkeypatch.setattr(triton_adapter, "FUSED_GEMM", fused_gemm)
+    check_prefix_isolation("triton", autocast_dtype=autocast_dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16] + ([torch.float16] if DEVICE == "cuda" else []), ids=str)
