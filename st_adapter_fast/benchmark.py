@@ -419,10 +419,15 @@ def _run(args):
                         write_results(out, result, quiet=True)
     if args.e2e or getattr(args, "e2e_only", False):
         from .e2e import end_to_end
-        result["e2e"] = dict(end_to_end(device, quick=args.quick, clips=getattr(args, "e2e_clips", None),
-                                        variants=getattr(args, "e2e_variants", None)),
-                             device=device_name, torch=result["torch"], cuda=result["cuda"], triton=result["triton"],
-                             date=result["date"])
+        versions = dict(device=device_name, torch=result["torch"], cuda=result["cuda"], triton=result["triton"],
+                        date=result["date"])
+
+        def save_e2e(e2e):
+            result["e2e"] = dict(e2e, **versions)
+            if out:
+                write_results(out, result, quiet=True)
+        save_e2e(end_to_end(device, quick=args.quick, clips=getattr(args, "e2e_clips", None),
+                            variants=getattr(args, "e2e_variants", None), on_progress=save_e2e))
     if out:
         write_results(out, result)
     return result

@@ -221,14 +221,15 @@ def _largest_clips_that_fit(peak_per_clip, resting, choices=(64, 32)):
     return next((c for c in choices if c * peak_per_clip < free), choices[-1])
 
 
-def run_config(base, plain, clips, variants, device, frames, img_size, steps, compile_backend, log=print):
+def run_config(base, plain, clips, variants, device, frames, img_size, steps, compile_backend, log=print,
+               results=None, after_each=lambda: None):
     """{variant: measurements} for one batch of `clips` clips (fewer warm-up and profiled steps on the CPU,
-    where this is a smoke run)."""
+    where this is a smoke run), filled into `results` as they come, calling `after_each()` after each."""
     repeats = dict(warmup=2, profile_steps=2) if device == "cuda" else dict(warmup=1, profile_steps=1)
     torch.manual_seed(1)
     video = torch.randn(clips, 3, frames, img_size, img_size, device=device)
     labels = torch.randint(0, base.head.out_features, (clips,), device=device)
-    results = {}
+    results = {} if results is None else results
     for name in variants:
         started = time.perf_counter()
         results[name] = v = measure_variant(name, base, plain, video, labels, device, steps,
@@ -237,6 +238,7 @@ def run_config(base, plain, clips, variants, device, frames, img_size, steps, co
         peak = f", peak {v['peak_memory_bytes'] / 2**30:.2f} GiB" if v["peak_memory_bytes"] is not None else ""
         log(f"e2e {clips:3d} clips  {name:22s} step {v['step_ms']:8.2f} ms ({v['clips_per_s']:7.1f} clips/s){peak}, "
             f"backbone in {v['backbone_compute_dtype']}  [{time.perf_counter() - started:.0f} s]")
+        after_each()
     return results
 
 
@@ -254,10 +256,11 @@ def goals(variants):
 
 
 def end_to_end(device, quick=False, model_name=None, clips=None, frames=8, img_size=224, adapter_channels=384,
-               variants=None, steps=None, compile_backend="inductor", log=print):
+               variants=None, steps=None, compile_backend="inductor", log=print, on_progress=None):
     """Run the benchmark; returns the JSON-ready result. On a GPU: the authors' model at 8 clips (eager
     variants) and at the largest of 64 / 32 clips that fits (all variants); on the CPU: `model_name`
-    (default a tiny ViT) at `clips` (default 1), every variant, as a smoke run."""
+    (default a tiny ViT) at `clips` (default 1), every variant, as a smoke run. `on_progress(result)` is
+    called with the result so far after each variant (a long run's partial results survive it)."""
     on_gpu = device == "cuda"
     model_name = model_name or (AUTHORS_MODEL if on_gpu else "vit_tiny_patch16_224")
     steps = steps or (3 if quick else (10 if on_gpu else 2))
@@ -270,16 +273,22 @@ def end_to_end(device, quick=False, model_name=None, clips=None, frames=8, img_s
                   backbone_weights_dtype="bfloat16" if on_gpu else "float32",
                   autocast="bfloat16" if on_gpu else None, backbone_compute_dtype=compute_dtype_name(seen),
                   by_clips={})
-    run = lambda n, names: run_config(base, plain, n, names, device, frames, img_size, steps, compile_backend, log)
+    def run(n, names):
+        by_clips = result["by_clips"][str(n)] = {}
+        result.update(clips=n, variants=by_clips)
+
+        def after_each():
+            result["goals"] = goals(by_clips)
+            if on_progress:
+                on_progress(result)
+        return run_config(base, plain, n, names, device, frames, img_size, steps, compile_backend, log, by_clips,
+                          after_each)
+
     if clips is not None or not on_gpu:
-        clips = clips or 1
-        result["by_clips"][str(clips)] = run(clips, variants or VARIANTS)
+        run(clips or 1, variants or VARIANTS)
     else:
         resting = torch.cuda.memory_allocated()
-        small = result["by_clips"]["8"] = run(8, [v for v in (variants or VARIANTS) if v in EAGER_VARIANTS])
+        small = run(8, [v for v in (variants or VARIANTS) if v in EAGER_VARIANTS])
         per_clip = max(v["peak_memory_bytes"] for v in small.values()) / 8
-        clips = _largest_clips_that_fit(per_clip, resting)
-        result["by_clips"][str(clips)] = run(clips, variants or VARIANTS)
-    result.update(clips=clips, variants=result["by_clips"][str(clips)])
-    result["goals"] = goals(result["variants"])
+        run(_largest_clips_that_fit(per_clip, resting), variants or VARIANTS)
     return result

@@ -25,6 +25,8 @@ frames = 256, L = 197, P = 1, C = 768, bf16; measure on a GPU before changing th
   Prefix rows of grad_y are not isolated from the fc2 gradients (grad_fc2 = g^T @ a over all rows): a
   non-finite gradient on the class token reaches the weights, as it reaches everything upstream anyway.
 """
+import functools
+
 import torch
 
 # Where the backend folds fc2's bias into the GEMM (kernels.fold_fc2_bias), the up-projection's input `a`
@@ -81,23 +83,42 @@ def _restore_prefix(out, source, num_prefix_tokens):
         out[:, :num_prefix_tokens] = source[:, :num_prefix_tokens]
 
 
+# Small constant tensors, made once per shape, dtype and device and never written: each saves a kernel
+# launch per call (an eager adapter call is bound by its launches' host time on a GPU).
+@functools.lru_cache(maxsize=64)
+def _bias_columns(num_tokens, num_prefix_tokens, dtype, device):
+    """(L, BIAS_COLUMNS): a 1 in the first column of the patch rows, zeros elsewhere (prefix rows included)."""
+    columns = torch.zeros((num_tokens, BIAS_COLUMNS), dtype=dtype, device=device)
+    columns[num_prefix_tokens:, 0] = 1
+    return columns
+
+
+@functools.lru_cache(maxsize=64)
+def _zero_columns(rows, count, dtype, device):
+    return torch.zeros((rows, count), dtype=dtype, device=device)
+
+
 def _activation_buffer(frames, num_tokens, num_prefix_tokens, adapter_channels, fold_bias, like):
     """(frames, L, Ca [+ BIAS_COLUMNS when fold_bias]): prefix rows zero; with the bias columns, column Ca
-    one on patch rows and the padding zero. Columns :Ca of the patch rows are left for the conv kernel."""
+    one on patch rows and the padding zero. Columns :Ca of the patch rows are left for the conv kernel.
+    Two launches at most: the prefix rows' first Ca columns, then every row's bias columns."""
     P, Ca = num_prefix_tokens, adapter_channels
-    buf = _zero_prefix_buffer(frames, num_tokens, P, Ca + (BIAS_COLUMNS if fold_bias else 0), like)
+    buf = torch.empty((frames, num_tokens, Ca + (BIAS_COLUMNS if fold_bias else 0)), device=like.device,
+                      dtype=like.dtype)
+    if P:
+        buf[:, :P, :Ca].zero_()
     if fold_bias:
-        buf[:, P:, Ca:].zero_()
-        buf[:, P:, Ca] = 1
+        buf[:, :, Ca:] = _bias_columns(num_tokens, P, like.dtype, like.device)
     return buf
 
 
 def _augmented_fc2_weight(fc2_weight, fc2_bias):
-    channels, Ca = fc2_weight.shape
-    w = fc2_weight.new_zeros((channels, Ca + BIAS_COLUMNS))
-    w[:, :Ca] = fc2_weight
-    w[:, Ca] = fc2_bias
-    return w
+    """[fc2.weight | fc2.bias | zero padding] (C, Ca + BIAS_COLUMNS), in one launch. Not cached across calls:
+    a cache keyed on the parameters' version counters would go stale when they are changed through
+    `.data`, which does not count as a change."""
+    channels = fc2_weight.shape[0]
+    padding = _zero_columns(channels, BIAS_COLUMNS - 1, fc2_weight.dtype, fc2_weight.device)
+    return torch.cat([fc2_weight, fc2_bias[:, None], padding], dim=1)
 
 
 def _rows(t):
