@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import st_adapter_fast as saf  # noqa: E402
-from st_adapter_fast.benchmark import CPU_CONFIGS, GPU_CONFIGS, adapter_inputs  # noqa: E402
+from st_adapter_fast.benchmark import CPU_CONFIGS, GPU_CONFIGS, adapter_inputs, case_step  # noqa: E402
 
 
 def kind(name):
@@ -79,12 +79,8 @@ def main(argv=None):
     frames = shape[1]
     results = {}
     for backend in backends:
-        def forward():
-            with torch.no_grad():
-                saf.st_adapter(x, frames, *params, backend=backend)
-
-        def forward_backward():
-            saf.st_adapter(x, frames, *params, backend=backend).backward(grad_y)
+        fn = lambda x_, T, *p, backend=backend: saf.st_adapter(x_, T, *p, backend=backend)
+        forward, forward_backward = (case_step(fn, mode, x, params, grad_y, frames) for mode in ("fwd", "fwd+bwd"))
         for step in (forward, forward_backward, forward, forward_backward):   # warm-up: autotuning, caches
             step()
         results[backend] = {mode: dict(launches(step, device), host_us=host_us(step, device))

@@ -186,7 +186,9 @@ def case_step(fn, mode, x, params, grad_y, num_frames):
         return forward
 
     def forward_backward():
-        fn(x, num_frames, *params).backward(grad_y)
+        # Gradients returned, not accumulated into .grad: a training step's activations pass their gradient
+        # on, and its parameters' gradients start from None, so no accumulating add belongs in the timing.
+        return torch.autograd.grad(fn(x, num_frames, *params), [x, *params], grad_y, allow_unused=True)
     return forward_backward
 
 
@@ -413,6 +415,10 @@ def _run(args):
                   disable=not getattr(args, "progress", True)) as progress:
             for config, shape in configs.items():
                 for dtype in dtypes:
+                    # Compiled baselines start afresh for each shape: otherwise dynamo's cache, shared by every
+                    # torch.compile of one function, recompiles the second shape for dynamic shapes (slower code).
+                    torch._dynamo.reset()
+                    impls = implementations(device)
                     result["rows"] += bench_config(config, shape, dtype, device, impls, time_ms, bandwidth,
                                                    flop_rate, args.quick, rounds, progress)
                     if out:   # after each config: what a long run measured survives its interruption
