@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .activations import apply_activation
-from .compiled import extension_info
+from .kernels.compiled import extension_info
 from .measure import saved_activation_bytes
 from .ops import st_adapter
 from .reference import st_adapter_reference
@@ -54,7 +54,7 @@ def shift_adapter(x, num_frames, w1, b1, wc, bc, w2, b2, activation="gelu", num_
 
 def _triton_fused_gemm(x, num_frames, *params):
     """The Triton path with the down-projection GEMMs inside the conv kernels (ST_ADAPTER_FAST_FUSED_GEMM=1)."""
-    from .triton import adapter
+    from .kernels.triton import adapter
     before, adapter.FUSED_GEMM = adapter.FUSED_GEMM, True
     try:
         return st_adapter(x, num_frames, *params, backend="triton")

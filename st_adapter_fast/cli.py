@@ -15,7 +15,7 @@ def _available_backends(device):
     """(backend, dtypes) pairs that can run on `device` in this installation."""
     import torch
 
-    from .compiled import extension_info
+    from .kernels.compiled import extension_info
     from .ops import HAS_TRITON, _interpreting
     low_precision = [torch.bfloat16, torch.float16] if device == "cuda" else [torch.bfloat16]
     backends = [("reference", [torch.float32] + low_precision)]

@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from . import compiled
+from .kernels import compiled
 from .activations import activation_op_name, check_activation
 from .fused import adapter_backward, adapter_forward, zero_prefix_copy
 from .reference import adapter_delta, st_adapter_reference
@@ -36,7 +36,7 @@ def _warn_once(message):
 
 
 def _interpreting():
-    from .triton.common import interpreting
+    from .kernels.triton.common import interpreting
     return interpreting()
 
 
@@ -154,7 +154,7 @@ def st_adapter(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_
 def _kernels(name):
     """The fused.ConvKernels named `name`: "triton" or "compiled"."""
     if name == "triton":
-        from .triton.adapter import TRITON_KERNELS
+        from .kernels.triton.adapter import TRITON_KERNELS
         return TRITON_KERNELS
     if name == "compiled":
         return compiled.COMPILED_KERNELS

@@ -56,7 +56,7 @@ def test_bad_input_raises_clear_error(kwargs, error, match):
 
 @pytest.mark.parametrize("backend", ["cuda", "cpu"])
 def test_compiled_backends_without_the_extension_say_so(backend, monkeypatch):
-    monkeypatch.setattr(saf.compiled, "_load", lambda: (None, "the compiled extension st_adapter_fast._C is not "
+    monkeypatch.setattr(saf.kernels.compiled, "_load", lambda: (None, "the compiled extension st_adapter_fast._C is not "
                                                                 "available (test)"))
     with pytest.raises(RuntimeError, match="compiled extension"):
         call(backend=backend)
@@ -72,7 +72,7 @@ def test_compiled_backends_reject_what_they_cannot_run():
 
 
 def test_auto_without_the_extension_falls_back_to_reference_with_one_warning(monkeypatch):
-    monkeypatch.setattr(saf.compiled, "_load", lambda: (None, "the compiled extension is not available (test)"))
+    monkeypatch.setattr(saf.kernels.compiled, "_load", lambda: (None, "the compiled extension is not available (test)"))
     monkeypatch.setattr(ops, "_warned", set())
     x, params = random_inputs(2, 2, 5, 8, 4, (3, 1, 1))
     with pytest.warns(UserWarning, match="compiled extension is not available"):

@@ -14,7 +14,8 @@ import warnings
 import pytest
 import torch
 
-from st_adapter_fast import cli, compiled, ops
+from st_adapter_fast import cli, ops
+from st_adapter_fast.kernels import compiled
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -146,7 +146,7 @@ def test_saved_bytes_counting_x(autocast):
 @pytest.mark.parametrize("kernel_t", (1, 3, 7))
 def test_fused_gemm_variant(kernel_t, activation, dtype, monkeypatch, poison_empty):
     """The variant that computes the down-projection (and grad_a) inside the conv kernels."""
-    from st_adapter_fast.triton import adapter as triton_adapter
+    from st_adapter_fast.kernels.triton import adapter as triton_adapter
     monkeypatch.setattr(triton_adapter, "FUSED_GEMM", True)
     check_parity(2, 3, kernel_t, activation, dtype)
     check_parity(1, 8, kernel_t, activation, dtype, prefix=0, grid=(5, 5))
@@ -166,14 +166,14 @@ def test_double_backward_matches_reference(via_custom_op):
 
 @pytest.mark.parametrize("fused_gemm", [False, True])
 def test_strided_parameters(fused_gemm, monkeypatch):
-    from st_adapter_fast.triton import adapter as triton_adapter
+    from st_adapter_fast.kernels.triton import adapter as triton_adapter
     monkeypatch.setattr(triton_adapter, "FUSED_GEMM", fused_gemm)
     check_strided_parameters("triton")
 
 
 @pytest.mark.parametrize("fused_gemm, autocast_dtype", [(False, None), (True, None), (False, torch.bfloat16)])
 def test_prefix_tokens_isolated_from_non_finite_values(fused_gemm, autocast_dtype, monkeypatch):
-    from st_adapter_fast.triton import adapter as triton_adapter
+    from st_adapter_fast.kernels.triton import adapter as triton_adapter
     monkeypatch.setattr(triton_adapter, "FUSED_GEMM", fused_gemm)
     check_prefix_isolation("triton", autocast_dtype=autocast_dtype)
 

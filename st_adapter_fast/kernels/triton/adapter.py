@@ -4,7 +4,7 @@ import os
 import torch
 import triton
 
-from ..fused import ConvKernels
+from ...fused import ConvKernels
 from .common import ACTIVATION_CODES, dot_settings, interpreting
 from .matmul_residual import matmul_residual_kernel
 from .temporal_conv import down_conv_act_bwd_kernel, down_conv_act_fwd_kernel

@@ -6,8 +6,8 @@ the extension: `unavailable_reason()` says why a backend cannot run, and ops.py 
 """
 import torch
 
-from .fused import ConvKernels
-from .validation import temporal_kernel_reason
+from ..fused import ConvKernels
+from ..validation import temporal_kernel_reason
 
 KERNEL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)   # CPU and CUDA alike
 MAX_KERNEL_T = 7
@@ -16,7 +16,7 @@ MAX_KERNEL_T = 7
 def _import_extension():
     """(module, None) or (None, why it could not be imported)."""
     try:
-        from . import _C
+        from .. import _C
     except ImportError as error:
         return None, (f"the compiled extension st_adapter_fast._C is not available ({error}); reinstall with "
                       "`pip install --no-build-isolation -e .` (without ST_ADAPTER_FAST_NO_EXTENSION=1)")

@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import activations
+from ... import activations
 
 ACTIVATION_CODES = {"none": 0, "gelu": 1, "quick_gelu": 2}
 # Globals read inside @triton.jit functions must be constexpr.
