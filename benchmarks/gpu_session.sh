@@ -2,7 +2,7 @@
 # One lent-GPU session's measurements, in two parts that fit the device tool's 10-minute command limit
 # (run from the repository root on the GPU machine, with the wheels of .whl/ carried; $OUT collects logs):
 #   bash benchmarks/gpu_session.sh build-test-bench     build, kernel sweep, native tests, host overhead, bench
-#   bash benchmarks/gpu_session.sh e2e                  the end-to-end training step (st_adapter_fast/e2e.py)
+#   bash benchmarks/gpu_session.sh e2e                  the end-to-end training step (st_adapter_fast/bench/e2e.py)
 # Each step has its own time limit and the script goes on past a failed step, so that what did run comes back.
 set -u
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_COMPILE_THREADS=16 MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0

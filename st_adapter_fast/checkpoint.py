@@ -165,7 +165,7 @@ def _recorded_arguments(path):
     if record is not None:
         return record
     if os.path.isfile(os.path.join(path, TRAIN_CONFIG_NAME)):
-        from .train import TrainConfig, classifier_arguments, load_config_file
+        from .video.train import TrainConfig, classifier_arguments, load_config_file
         train_config = os.path.join(path, TRAIN_CONFIG_NAME)
         return classifier_arguments(TrainConfig.from_dict(load_config_file(train_config), source=train_config))
     raise ValueError(f"{config_file} does not record how to build the model (it was not saved from a classifier "

@@ -34,7 +34,7 @@ def check(args):
     import torch
     from tqdm import tqdm
 
-    from .parity import TOLERANCE, parity_errors
+    from .bench.parity import TOLERANCE, parity_errors
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     config = args.config or ("vit-b" if device == "cuda" else "small")
@@ -91,7 +91,7 @@ def _print_warning(message):
 def train_command(args):
     """Train from flags / a config file; prints the final metrics and where the files are. Run under
     torchrun for DDP."""
-    from .train import TrainConfig, check_can_train, config_values_from_args, config_warnings, format_metrics, train
+    from .video.train import TrainConfig, check_can_train, config_values_from_args, config_warnings, format_metrics, train
     config = TrainConfig.from_dict(config_values_from_args(args), source=args.config or "flags")
     check_can_train(config)
     rank0 = int(os.environ.get("RANK", 0)) == 0
@@ -126,7 +126,7 @@ def _resume_command(argv):
 
 
 def _print_interrupted(config, argv):
-    from .train import checkpoint_step
+    from .video.train import checkpoint_step
     step = checkpoint_step(config.output_dir)
     if step is None:
         _print_error(f"interrupted before the first checkpoint (--save-every {config.save_every}; 0 writes one "
@@ -138,7 +138,7 @@ def _print_interrupted(config, argv):
 
 
 def _print_run_files(config):
-    from .train import ADAPTERS_NAME, RUN_FILES
+    from .video.train import ADAPTERS_NAME, RUN_FILES
     output_dir = os.path.abspath(config.output_dir)
     present = [name for name in RUN_FILES if os.path.exists(os.path.join(output_dir, name))]
     print(f"run files in {output_dir}: "
@@ -153,7 +153,7 @@ def eval_command(args):
     """Evaluate a run's adapters/ folder; prints top-1/top-5 and how many videos were skipped."""
     import json
 
-    from .train import config_values_from_args, evaluate_adapters, format_metrics
+    from .video.train import config_values_from_args, evaluate_adapters, format_metrics
     metrics = evaluate_adapters(args.adapters, config_values_from_args(args))
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(metrics))
@@ -163,7 +163,7 @@ def eval_command(args):
 
 def make_synthetic_command(args):
     """Write the synthetic temporal-order videos and list files."""
-    from .synthetic import make_synthetic
+    from .video.synthetic import make_synthetic
     train_list, val_list = make_synthetic(args.out, args.num_train, args.num_val, num_frames=args.num_frames,
                                           size=args.size, seed=args.seed, progress=True)
     print(f"wrote {train_list} and {val_list}")
@@ -171,7 +171,7 @@ def make_synthetic_command(args):
 
 
 def _add_video_commands(sub, common):
-    from .train import EVAL_FIELDS, add_config_arguments
+    from .video.train import EVAL_FIELDS, add_config_arguments
     t = sub.add_parser("train", parents=[common], formatter_class=HelpFormatter,
                        help="fine-tune adapters on a video list (torchrun for multi-GPU/multi-node)",
                        description="Fine-tune ST-Adapters on a frozen timm ViT. Every flag is also a key of the "
@@ -197,7 +197,7 @@ def _add_video_commands(sub, common):
     m.set_defaults(func=make_synthetic_command)
     d = sub.add_parser("demo", parents=[common], formatter_class=HelpFormatter,
                        help="linear probe vs ST-Adapters on the synthetic task (see demo.py)")
-    from . import demo
+    from .video import demo
     demo.add_arguments(d)
     d.set_defaults(func=demo.run)
 
@@ -216,8 +216,8 @@ def build_parser():
                    help="on the CPU, also check the Triton kernels under TRITON_INTERPRET=1 (slow)")
     p.set_defaults(func=check)
     b = sub.add_parser("bench", parents=[common], formatter_class=HelpFormatter,
-                       help="time every backend and baseline (see st_adapter_fast/benchmark.py)")
-    from . import benchmark
+                       help="time every backend and baseline (see st_adapter_fast/bench/benchmark.py)")
+    from .bench import benchmark
     benchmark.add_arguments(b)
     b.set_defaults(func=lambda args: benchmark.run(args) and 0)
     _add_video_commands(sub, common)

@@ -8,7 +8,7 @@ import torch
 import st_adapter_fast as saf
 from st_adapter_fast import ops
 from conftest import DEVICE
-from st_adapter_fast.parity import random_inputs
+from st_adapter_fast.bench.parity import random_inputs
 
 
 def call(x=None, num_frames=2, params=None, **kwargs):

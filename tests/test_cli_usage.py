@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from st_adapter_fast import cli
-from st_adapter_fast.synthetic import make_synthetic
-from st_adapter_fast.train import TrainConfig, coerce_config_values, load_config_file
+from st_adapter_fast.video.synthetic import make_synthetic
+from st_adapter_fast.video.train import TrainConfig, coerce_config_values, load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model", "vit_tiny_patch16_224", "--input-size", "32", "--model-kwargs", '{"depth": 1}',
@@ -151,7 +151,7 @@ def test_train_warns_and_reports_what_happened(data, tmp_path, capsys):
 
 
 def test_ctrl_c_says_the_checkpoint_is_kept_and_how_to_resume(data, tmp_path, capsys, monkeypatch):
-    from st_adapter_fast import train as train_module
+    from st_adapter_fast.video import train as train_module
     args = ["train", "--train-list", data["train"], "--data-root", data["root"], "--num-classes", "2", *TINY,
             "--steps", "3", "--warmup-steps", "1", "--save-every", "1", "--output-dir", str(tmp_path)]
     assert cli.main(args + ["--stop-at", "1"]) == 0

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 import st_adapter_fast as saf
 from conftest import DEVICE
-from st_adapter_fast.parity import TOLERANCE, rel_err
+from st_adapter_fast.bench.parity import TOLERANCE, rel_err
 
 _EXAMPLES = int(os.environ.get("ST_ADAPTER_FAST_HYPOTHESIS_EXAMPLES", "0"))
 

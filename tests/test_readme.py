@@ -58,7 +58,7 @@ def quick_start(tmp_path_factory):
 
 def test_quick_start_trains_saves_reloads_and_evaluates(quick_start, monkeypatch):
     import st_adapter_fast as saf
-    from st_adapter_fast.train import TrainConfig, evaluate, load_config_file
+    from st_adapter_fast.video.train import TrainConfig, evaluate, load_config_file
     cwd, outputs = quick_start
     monkeypatch.chdir(cwd)
     assert {"make-synthetic", "train", "eval"} <= set(outputs)

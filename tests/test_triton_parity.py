@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import st_adapter_fast as saf
-from st_adapter_fast.parity import TOLERANCE, parity_errors, random_inputs, rel_err
+from st_adapter_fast.bench.parity import TOLERANCE, parity_errors, random_inputs, rel_err
 from conftest import DEVICE
 from parity_checks import (C, CA, check_backward_deterministic, check_double_backward, check_parity,
                            check_prefix_isolation, check_strided_inputs, check_strided_parameters)

@@ -1,8 +1,8 @@
 """Parity of a backend against the float64 reference: used by `st-adapter-fast check` and the tests."""
 import torch
 
-from .ops import st_adapter
-from .reference import st_adapter_reference
+from ..ops import st_adapter
+from ..reference import st_adapter_reference
 
 # ||out - ref|| / ||ref|| bounds against the float64 reference (DESIGN.md section 4).
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3, torch.float64: 1e-12}

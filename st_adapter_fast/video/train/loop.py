@@ -26,12 +26,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .checkpoint import TRAIN_CONFIG_NAME, _trainable
-from .data import ResumableSampler, SkipCounter, VideoDataset, collate_clips, read_video_list
-from .integrations.timm import AUTHORS_POOLING, PLACEMENTS, POOLINGS, check_timm_model_name
-from .measure import compute_dtype_name, linear_compute_dtypes
-from .ops import BACKENDS
-from .validation import check_kernel_size
+from ...checkpoint import TRAIN_CONFIG_NAME, _trainable
+from ..data import ResumableSampler, SkipCounter, VideoDataset, collate_clips, read_video_list
+from ...integrations.timm import AUTHORS_POOLING, PLACEMENTS, POOLINGS, check_timm_model_name
+from ...measure import compute_dtype_name, linear_compute_dtypes
+from ...ops import BACKENDS
+from ...validation import check_kernel_size
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -381,7 +381,7 @@ def classifier_arguments(config):
 def build_model(config):
     """The VideoClassifier of `config`, initialised from `config.seed` (the same on every rank), with the
     authors' checkpoint loaded if there is one."""
-    from .integrations.timm import build_video_classifier, load_authors_checkpoint
+    from ...integrations.timm import build_video_classifier, load_authors_checkpoint
     model = build_video_classifier(**classifier_arguments(config))
     if config.authors_checkpoint:
         load_authors_checkpoint(model, config.authors_checkpoint)
@@ -613,8 +613,8 @@ def train(config):
     from torch.nn.parallel import DistributedDataParallel
     from tqdm import tqdm
 
-    from .checkpoint import save_adapters
-    from .report import parameter_report
+    from ...checkpoint import save_adapters
+    from ...report import parameter_report
     check_can_train(config)
     started = time.perf_counter()
     rank, world_size, device = setup_distributed(config.device)
@@ -753,7 +753,7 @@ class _Log:
 def evaluate_adapters(adapters_dir, overrides=None):
     """Build the model that `adapters_dir` (a run's adapters/ folder with train_config.json) was trained
     as, load its adapters and head, and evaluate on `overrides["val_list"]` or the run's val_list."""
-    from .checkpoint import load_adapters
+    from ...checkpoint import load_adapters
     config_path = os.path.join(adapters_dir, TRAIN_CONFIG_NAME)
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{config_path} not found: expected the adapters/ folder of a train run")

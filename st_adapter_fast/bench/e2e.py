@@ -24,9 +24,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .integrations.timm import build_video_classifier
-from .measure import compute_dtype_name, linear_compute_dtypes
-from .module import STAdapter
+from ..integrations.timm import build_video_classifier
+from ..measure import compute_dtype_name, linear_compute_dtypes
+from ..module import STAdapter
 
 VARIANTS = ("no adapters", "reference", "fast", "reference compiled", "fast compiled", "fast + checkpointing")
 EAGER_VARIANTS = tuple(v for v in VARIANTS if "compiled" not in v)

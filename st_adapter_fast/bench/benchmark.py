@@ -28,11 +28,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .activations import apply_activation
-from .kernels.compiled import extension_info
-from .measure import saved_activation_bytes
-from .ops import st_adapter
-from .reference import st_adapter_reference
+from ..activations import apply_activation
+from ..kernels.compiled import extension_info
+from ..measure import saved_activation_bytes
+from ..ops import st_adapter
+from ..reference import st_adapter_reference
 
 # name: (clips, frames, tokens L, C, Ca); the first token of each frame is the class token.
 GPU_CONFIGS = {"vit-b16": (32, 8, 197, 768, 384), "vit-l14": (16, 8, 257, 1024, 512), "small": (8, 8, 50, 384, 192)}
@@ -54,7 +54,7 @@ def shift_adapter(x, num_frames, w1, b1, wc, bc, w2, b2, activation="gelu", num_
 
 def _triton_fused_gemm(x, num_frames, *params):
     """The Triton path with the down-projection GEMMs inside the conv kernels (ST_ADAPTER_FAST_FUSED_GEMM=1)."""
-    from .kernels.triton import adapter
+    from ..kernels.triton import adapter
     before, adapter.FUSED_GEMM = adapter.FUSED_GEMM, True
     try:
         return st_adapter(x, num_frames, *params, backend="triton")
@@ -221,7 +221,7 @@ def add_arguments(parser):
     parser.add_argument("--dtypes", nargs="*", choices=["bfloat16", "float16", "float32"],
                         help="default: bfloat16 float16 on a GPU, float32 on the CPU")
     parser.add_argument("--e2e", action="store_true",
-                        help="also time one training step of the authors' model (see st_adapter_fast/e2e.py)")
+                        help="also time one training step of the authors' model (see st_adapter_fast/bench/e2e.py)")
     parser.add_argument("--e2e-only", action="store_true", help="the training step only, no microbenchmarks")
     parser.add_argument("--e2e-clips", type=int, help="clips per step; default on a GPU: 8, then the largest "
                         "of 64 / 32 that fits")
