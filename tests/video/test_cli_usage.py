@@ -11,7 +11,7 @@ from st_adapter_fast import cli
 from st_adapter_fast.video.synthetic import make_synthetic
 from st_adapter_fast.video.train import TrainConfig, coerce_config_values, load_config_file
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["--model", "vit_tiny_patch16_224", "--input-size", "32", "--model-kwargs", '{"depth": 1}',
         "--adapter-channels", "8", "--num-frames", "4", "--batch-size", "2", "--no-progress"]
 

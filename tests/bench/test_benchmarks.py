@@ -1,5 +1,5 @@
 """Benchmark smoke tests: pytest-benchmark timings of a tiny config (disabled by default via
---benchmark-disable in pyproject, so CI runs each once; `pytest tests/test_benchmarks.py --benchmark-enable`
+--benchmark-disable in pyproject, so CI runs each once; `pytest tests/bench/test_benchmarks.py --benchmark-enable`
 times them and `pytest-benchmark compare` tracks regressions), the bench harness, the e2e step and the plot."""
 import json
 import os
@@ -12,7 +12,7 @@ import st_adapter_fast as saf
 from st_adapter_fast.bench import benchmark as bench
 from conftest import DEVICE
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 
 SHAPE = (2, 4, 17, 64, 32)  # clips, frames, tokens, C, Ca
 

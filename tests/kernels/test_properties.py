@@ -551,9 +551,10 @@ def test_direct_ops_accept_non_overlapping_strided_outputs(frames, tokens, chann
 def run_in_subprocess(function_name):
     """Run the property `function_name` of this module in a fresh interpreter: a crash fails the test."""
     here = os.path.dirname(os.path.abspath(__file__))
+    tests = os.path.dirname(here)
     code = textwrap.dedent(f"""
         import sys
-        sys.path[:0] = [{os.path.dirname(here)!r}, {here!r}]
+        sys.path[:0] = [{os.path.dirname(tests)!r}, {tests!r}, {here!r}]
         import test_properties
         test_properties.{function_name}()
     """)
