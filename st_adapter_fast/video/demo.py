@@ -51,9 +51,9 @@ def demo_config(args, data_dir, name, linear_probe):
 
 def loader_clips_per_second(config, batches=60):
     """Clips/s of the training DataLoader alone (decode + sample + augment), after its first batch."""
-    from .train.loop import _batches, make_train_loader
+    from .train import iterate_batches, make_train_loader
     loader, sampler = make_train_loader(config)
-    stream = _batches(loader, sampler, dict(epoch=0, batch=0))
+    stream = iterate_batches(loader, sampler, dict(epoch=0, batch=0))
     next(stream)
     start, clips = time.perf_counter(), 0
     for _ in range(batches):
