@@ -14,9 +14,8 @@
 namespace st_adapter_fast {
 
 Activation parse_activation(c10::string_view name) {
-  if (name == "none") return Activation::kNone;
-  if (name == "gelu") return Activation::kGelu;
-  if (name == "quick_gelu") return Activation::kQuickGelu;
+  for (const ActivationName& entry : kActivationNames)
+    if (name == entry.name) return entry.code;
   SAF_CHECK_VALUE(false, "st_adapter_fast: activation must be 'none', 'gelu' or 'quick_gelu', got '", name, "'");
 }
 

@@ -11,20 +11,20 @@ CONFIGS = {
 }
 
 
-def _available_backends(device):
-    """(backend, dtypes) pairs that can run on `device` in this installation."""
+def check_cases(device):
+    """(backend, dtypes) to check on `device`: every backend the capability table (backends.py) says can run
+    there, in the dtypes it takes among float32, bfloat16 and float16 (float64 is the reference it is
+    checked against); on the CPU the reference in float32 and bfloat16, as the check has always run it."""
     import torch
 
-    from .kernels.compiled import extension_info
-    from .ops import HAS_TRITON, _interpreting
-    low_precision = [torch.bfloat16, torch.float16] if device == "cuda" else [torch.bfloat16]
-    backends = [("reference", [torch.float32] + low_precision)]
-    info = extension_info()
-    if info["available"] and (device == "cpu" or info["with_cuda"]):
-        backends.append((device, [torch.float32, torch.bfloat16, torch.float16]))
-    if HAS_TRITON and (device == "cuda" or _interpreting()):
-        backends.append(("triton", [torch.float32, torch.bfloat16, torch.float16]))
-    return backends
+    from .backends import available_on
+    cases = []
+    for capability in available_on(device):
+        dtypes = [d for d in (torch.float32, torch.bfloat16, torch.float16) if d in capability.dtypes]
+        if capability.name == "reference" and device == "cpu":
+            dtypes.remove(torch.float16)
+        cases.append((capability.name, dtypes))
+    return cases
 
 
 def check(args):
@@ -39,7 +39,7 @@ def check(args):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     config = args.config or ("vit-b" if device == "cuda" else "small")
     batch, frames, grid, channels, adapter_channels = CONFIGS[config]
-    cases = [(backend, dtype, activation) for backend, dtypes in _available_backends(device) for dtype in dtypes
+    cases = [(backend, dtype, activation) for backend, dtypes in check_cases(device) for dtype in dtypes
              for activation in ("gelu", None)]
     where = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     print(f"st-adapter-fast check on {where} ({device}), config {config!r}: B={batch} T={frames} grid={grid} "

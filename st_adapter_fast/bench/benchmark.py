@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..activations import apply_activation
-from ..kernels.compiled import extension_info
+from ..backends import available_on
 from ..measure import saved_activation_bytes
 from ..ops import st_adapter
 from ..reference import st_adapter_reference
@@ -67,12 +67,12 @@ def implementations(device):
     ref = lambda x, T, *p: st_adapter_reference(x, T, *p)
     impls = {"reference eager": ref, "reference compiled": torch.compile(ref), "shift eager": shift_adapter,
              "shift compiled": torch.compile(shift_adapter)}
-    if device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+    available = {capability.name for capability in available_on(device)}
+    if "triton" in available:
         impls["triton"] = lambda x, T, *p: st_adapter(x, T, *p, backend="triton")
-    if device == "cuda":
-        impls["triton, fused down-projection"] = _triton_fused_gemm
-    info = extension_info()
-    if info["available"] and (device == "cpu" or info["with_cuda"]):
+        if device == "cuda":
+            impls["triton, fused down-projection"] = _triton_fused_gemm
+    if device in available:
         impls[f"compiled {device}"] = lambda x, T, *p: st_adapter(x, T, *p, backend=device)
     # Not an adapter: its two Linear layers and the residual alone, the GEMM-bound part every version does.
     impls["linears only (no conv/act)"] = linears_only

@@ -1,62 +1,62 @@
 """The compiled kernels (st_adapter_fast._C, built from csrc/) as a `fused.ConvKernels` backend.
 
 Importing `_C` registers torch.ops.st_adapter_fast.temporal_conv_act[_out] and
-temporal_conv_act_backward[_out] (CPU, CUDA when built with it, and Meta). The package works without
-the extension: `unavailable_reason()` says why a backend cannot run, and ops.py falls back or raises.
+temporal_conv_act_backward[_out] (CPU, CUDA when built with it, and Meta). The extension states what its
+kernels cover (`with_cuda`, `max_kernel_t`, `dtypes`, `activation_codes`), which backends.py reads. The
+package works without the extension: `EXTENSION` then says why it is missing, and the op falls back or
+raises (backends.py).
 """
+from typing import NamedTuple
+
 import torch
 
+from ..activations import ACTIVATION_CODES
 from ..fused import ConvKernels
-from ..validation import temporal_kernel_reason
 
-KERNEL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)   # CPU and CUDA alike
-MAX_KERNEL_T = 7
+REINSTALL = "reinstall with `pip install --no-build-isolation -e .` (without ST_ADAPTER_FAST_NO_EXTENSION=1)"
+
+
+class Extension(NamedTuple):
+    """The compiled extension as loaded: `module` (st_adapter_fast._C), or None and `error` saying why not."""
+
+    module: object
+    error: str | None
+
+
+def checked_extension(module):
+    """`module` (an imported st_adapter_fast._C) as an Extension, refused when its activation codes are not
+    this package's (activations.ACTIVATION_CODES): it was built from other sources, and its kernels would
+    compute another activation than the one asked for."""
+    codes = getattr(module, "activation_codes", None)
+    if codes is None or dict(codes) != ACTIVATION_CODES:
+        found = "states none" if codes is None else f"are {dict(codes)}"
+        return Extension(None, f"the compiled extension st_adapter_fast._C does not match this package (its activation "
+                               f"codes {found}, the package's are {ACTIVATION_CODES}): it was built from other sources; "
+                               + REINSTALL)
+    return Extension(module, None)
 
 
 def _import_extension():
-    """(module, None) or (None, why it could not be imported)."""
     try:
         from .. import _C
     except ImportError as error:
-        return None, (f"the compiled extension st_adapter_fast._C is not available ({error}); reinstall with "
-                      "`pip install --no-build-isolation -e .` (without ST_ADAPTER_FAST_NO_EXTENSION=1)")
-    return _C, None
+        return Extension(None, f"the compiled extension st_adapter_fast._C is not available ({error}); {REINSTALL}")
+    return checked_extension(_C)
 
 
 # Imported once, here: importing registers torch.ops.st_adapter_fast.temporal_conv_act* on
 # `import st_adapter_fast`, and torch.compile then traces a plain global read (not a cached call).
-_EXTENSION = _import_extension()
-
-
-def _load():
-    """(module, None) or (None, why the extension could not be imported)."""
-    return _EXTENSION
+EXTENSION = _import_extension()
 
 
 def extension_info():
     """{'available': bool, 'with_cuda': bool, 'error': str or None}: how the extension was built, if at all."""
-    module, error = _load()
+    module, error = EXTENSION
     return {"available": module is not None, "with_cuda": bool(module and module.with_cuda), "error": error}
-
-
-def unavailable_reason(backend, x, compute_dtype, kernel_size):
-    """Why the compiled `backend` ("cpu" or "cuda") cannot run this call, or None if it can."""
-    module, error = _load()
-    if module is None:
-        return error
-    if backend == "cuda" and not module.with_cuda:
-        return "this build of st_adapter_fast._C has no CUDA kernels (no CUDA toolkit was found when it was built)"
-    if x.device.type != backend:
-        return f"backend={backend!r} runs on {backend} tensors, x is on {x.device}"
-    if compute_dtype not in KERNEL_DTYPES:
-        return (f"dtype {compute_dtype} is not supported by the compiled kernels "
-                f"({', '.join(map(str, KERNEL_DTYPES))} are)")
-    return temporal_kernel_reason(kernel_size, MAX_KERNEL_T, "the compiled kernels")
 
 
 class CompiledKernels(ConvKernels):
     """The conv + activation kernels of csrc/ (CPU or CUDA by the tensors' device); GEMMs stay in torch."""
-    name = "compiled"
     fused_gemm = False
 
     def fold_fc2_bias(self, device):
@@ -66,6 +66,7 @@ class CompiledKernels(ConvKernels):
         torch.ops.st_adapter_fast.temporal_conv_act_out(h, conv_weight, conv_bias, num_frames, activation, a)
 
     def conv_act_backward(self, *, g_patch, h, conv_weight, conv_bias, a, grad_h, num_frames, activation, **_):
+        # The op sums its per-block partials and splits them as fused.conv_reductions does (csrc/ops.cpp).
         return torch.ops.st_adapter_fast.temporal_conv_act_backward_out(g_patch, h, conv_weight, conv_bias,
                                                                         num_frames, activation, grad_h, a)
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import st_adapter_fast as saf
-from st_adapter_fast import ops
+from st_adapter_fast import backends, ops
+from st_adapter_fast.kernels import compiled
 from conftest import DEVICE
 from st_adapter_fast.bench.parity import random_inputs
 
@@ -56,8 +57,8 @@ def test_bad_input_raises_clear_error(kwargs, error, match):
 
 @pytest.mark.parametrize("backend", ["cuda", "cpu"])
 def test_compiled_backends_without_the_extension_say_so(backend, monkeypatch):
-    monkeypatch.setattr(saf.kernels.compiled, "_load", lambda: (None, "the compiled extension st_adapter_fast._C is not "
-                                                                "available (test)"))
+    monkeypatch.setattr(compiled, "EXTENSION", compiled.Extension(None, "the compiled extension st_adapter_fast._C is "
+                                                                      "not available (test)"))
     with pytest.raises(RuntimeError, match="compiled extension"):
         call(backend=backend)
 
@@ -72,8 +73,8 @@ def test_compiled_backends_reject_what_they_cannot_run():
 
 
 def test_auto_without_the_extension_falls_back_to_reference_with_one_warning(monkeypatch):
-    monkeypatch.setattr(saf.kernels.compiled, "_load", lambda: (None, "the compiled extension is not available (test)"))
-    monkeypatch.setattr(ops, "_warned", set())
+    monkeypatch.setattr(compiled, "EXTENSION", compiled.Extension(None, "the compiled extension is not available (test)"))
+    monkeypatch.setattr(backends, "_warned", set())
     x, params = random_inputs(2, 2, 5, 8, 4, (3, 1, 1))
     with pytest.warns(UserWarning, match="compiled extension is not available"):
         assert ops.choose_backend("auto", x, torch.float32, (3, 1, 1)) == "reference"
@@ -98,7 +99,7 @@ def test_auto_on_cpu_uses_the_compiled_cpu_kernels_without_warning():
 def test_auto_falls_back_with_one_warning_when_fused_path_cannot_run(monkeypatch):
     x = torch.empty(4, 5, 8)
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))   # a CUDA tensor, as far as it asks
-    monkeypatch.setattr(ops, "_warned", set())
+    monkeypatch.setattr(backends, "_warned", set())
     with pytest.warns(UserWarning, match="falling back"):
         assert ops.choose_backend("auto", x, torch.float32, (3, 3, 3)) == "reference"
     with warnings.catch_warnings():

@@ -52,7 +52,7 @@ def test_channel_sizes(channels, adapter_channels, poison_empty):
 
 
 def test_strided_input_matches_contiguous(monkeypatch):
-    monkeypatch.setattr(saf.ops, "_warned", set())
+    monkeypatch.setattr(saf.backends, "_warned", set())
     x, params, expected = check_strided_inputs("triton")
     channels_strided = x.transpose(1, 2).contiguous().transpose(1, 2)   # last stride != 1: copied, with a warning
     with pytest.warns(UserWarning, match="contiguous copy"):

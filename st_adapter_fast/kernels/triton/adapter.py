@@ -4,8 +4,10 @@ import os
 import torch
 import triton
 
+from ...activations import ACTIVATION_CODES
 from ...fused import ConvKernels
-from .common import ACTIVATION_CODES, dot_settings, interpreting
+from . import interpreting
+from .common import dot_settings
 from .matmul_residual import matmul_residual_kernel
 from .temporal_conv import down_conv_act_bwd_kernel, down_conv_act_fwd_kernel
 

@@ -1,22 +1,17 @@
-"""Pieces shared by the Triton kernels: activation codes, activation math, dot settings."""
-import os
-
+"""Pieces shared by the Triton kernels: activation math, dot settings."""
 import torch
 import triton
 import triton.language as tl
 
 from ... import activations
+from . import interpreting
 
-ACTIVATION_CODES = {"none": 0, "gelu": 1, "quick_gelu": 2}
 # Globals read inside @triton.jit functions must be constexpr.
+GELU = tl.constexpr(activations.ACTIVATION_CODES["gelu"])
+QUICK_GELU = tl.constexpr(activations.ACTIVATION_CODES["quick_gelu"])
 QUICK_GELU_ALPHA = tl.constexpr(activations.QUICK_GELU_ALPHA)
 INV_SQRT2 = tl.constexpr(activations.INV_SQRT2)
 INV_SQRT_2PI = tl.constexpr(activations.INV_SQRT_2PI)
-
-
-def interpreting():
-    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def dot_settings(dtype):
@@ -42,10 +37,10 @@ def _sigmoid(v):
 
 @triton.jit
 def activation_fwd(c, ACT: tl.constexpr):
-    """act(c) in fp32; ACT is a code from ACTIVATION_CODES."""
-    if ACT == 1:
+    """act(c) in fp32; ACT is a code from activations.ACTIVATION_CODES."""
+    if ACT == GELU:
         return 0.5 * c * (1.0 + tl.erf(c * INV_SQRT2))
-    elif ACT == 2:
+    elif ACT == QUICK_GELU:
         return c * _sigmoid(c * QUICK_GELU_ALPHA)
     else:
         return c
@@ -54,11 +49,11 @@ def activation_fwd(c, ACT: tl.constexpr):
 @triton.jit
 def activation_fwd_and_grad(c, ACT: tl.constexpr):
     """(act(c), act'(c)) in fp32."""
-    if ACT == 1:
+    if ACT == GELU:
         cdf = 0.5 * (1.0 + tl.erf(c * INV_SQRT2))
         pdf = tl.exp(-0.5 * c * c) * INV_SQRT_2PI
         return c * cdf, cdf + c * pdf
-    elif ACT == 2:
+    elif ACT == QUICK_GELU:
         s = _sigmoid(c * QUICK_GELU_ALPHA)
         return c * s, s + c * QUICK_GELU_ALPHA * s * (1.0 - s)
     else:

@@ -6,15 +6,13 @@ BLOCK_CA adapter channels of one clip and streams over its T frames. The tempora
 
     c[t] = conv_bias + sum_{d=-PAD..PAD} w[d + PAD] * h[t + d]          PAD = KT // 2
 
-The window is kept in seven named tiles (offsets -3..3, so KT <= 7); only the 2*PAD+1 around the
-centre are used, the rest stay constant zeros that the compiler drops.
+The window is kept in seven named tiles (offsets -3..3, so KT <= 7: MAX_KERNEL_T in __init__.py); only
+the 2*PAD+1 around the centre are used, the rest stay constant zeros that the compiler drops.
 """
 import triton
 import triton.language as tl
 
 from .common import activation_fwd, activation_fwd_and_grad
-
-MAX_KERNEL_T = 7
 
 
 @triton.jit
