@@ -177,3 +177,16 @@ def test_meta_tensors_with_a_kernel_backend_say_why_not(backend):
         x = torch.empty(6, 10, 16)
     with pytest.raises((ValueError, RuntimeError), match="meta"):
         adapter(x, 3)
+
+
+def test_conv_reductions_sum_and_split_the_one_partial_sum_layout():
+    """(blocks, kt + 2, Ca) partials: rows 0..kt-1 the weight taps, row kt the conv bias, row kt + 1 the fc1 bias."""
+    from st_adapter_fast.fused import conv_reductions
+    partials = torch.arange(4 * 5 * 6, dtype=torch.float32).view(4, 5, 6)   # 4 blocks, kt = 3, Ca = 6
+    weight, conv_bias, fc1_bias = conv_reductions(partials, torch.bfloat16)
+    sums = partials.sum(0)
+    assert weight.shape == (6, 3) and weight.is_contiguous() and weight.dtype == torch.bfloat16
+    assert torch.equal(weight, sums[:3].t().to(torch.bfloat16))
+    assert torch.equal(conv_bias, sums[3].to(torch.bfloat16)) and torch.equal(fc1_bias, sums[4].to(torch.bfloat16))
+    outputs = conv_reductions(partials, torch.float32)   # op outputs: no two may share memory
+    assert len({t.untyped_storage().data_ptr() for t in outputs}) == 3

@@ -76,6 +76,27 @@ def test_input_is_not_written():
     assert torch.equal(x.detach(), before)
 
 
+@pytest.mark.parametrize("kernel_t", (1, 3, 7))
+def test_backward_reductions_match_the_compiled_kernels(kernel_t):
+    """Both kernel families write their partial sums in one layout, (blocks, kt + 2, Ca): Triton's summed and
+    split by fused.conv_reductions give the compiled op's conv-weight, conv-bias and fc1-bias gradients."""
+    from st_adapter_fast.kernels.triton.adapter import TRITON_KERNELS
+    gen = torch.Generator().manual_seed(kernel_t)
+    frames, num_frames, tokens, ca = 6, 3, 37, CA   # 37 tokens: three blocks, the last one partial
+    h, grad_a = (torch.randn(frames, tokens, ca, generator=gen).to(DEVICE) for _ in range(2))
+    weight = torch.randn(ca, kernel_t, generator=gen).to(DEVICE)
+    bias = torch.randn(ca, generator=gen).to(DEVICE)
+    a, grad_h = torch.empty_like(h), torch.empty_like(h)
+    ours = TRITON_KERNELS.conv_act_backward(g_patch=grad_a, fc2_weight=torch.empty(C, ca, device=DEVICE), h=h,
+                                            conv_weight=weight, conv_bias=bias, a=a, grad_h=grad_h,
+                                            num_frames=num_frames, activation="gelu")
+    expected = torch.ops.st_adapter_fast.temporal_conv_act_backward(grad_a, h, weight, bias, num_frames, "gelu")
+    torch.testing.assert_close(grad_h, expected[0], rtol=1e-5, atol=1e-5)
+    for name, got, want in zip(("conv.weight", "conv.bias", "fc1.bias"), ours, expected[2:]):
+        assert got.shape == want.shape and got.dtype == want.dtype, name
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
 def test_backward_is_deterministic():
     check_backward_deterministic("triton")
 

@@ -1,11 +1,11 @@
-"""The Triton kernels as a `fused.ConvKernels` backend: launch wrappers, autotuning, partial-sum buffers."""
+"""The Triton kernels as a `fused.ConvKernels` backend: launch wrappers, autotuning, the partial-sum buffer."""
 import os
 
 import torch
 import triton
 
 from ...activations import ACTIVATION_CODES
-from ...fused import ConvKernels
+from ...fused import ConvKernels, conv_reductions
 from . import interpreting
 from .common import dot_settings
 from .matmul_residual import matmul_residual_kernel
@@ -20,7 +20,7 @@ _INTERPRET_CONV_BLOCKS = dict(BLOCK_N=16, BLOCK_CA=32, BLOCK_K=32)
 _INTERPRET_MATMUL_BLOCKS = dict(BLOCK_M=32, BLOCK_NC=32, BLOCK_K=32, GROUP_M=4)
 
 
-MIN_BLOCK_N = 16  # sizes the backward's partial-sum buffers; no config may go below it
+MIN_BLOCK_N = 16  # sizes the backward's partial-sum buffer; no config may go below it
 
 
 def _conv_configs():
@@ -50,9 +50,9 @@ def _tuned(kernel, configs, key, interpret_blocks, reset_to_zero=None):
 
 _conv_fwd = _tuned(down_conv_act_fwd_kernel, _conv_configs(), ["C", "CA", "KT", "ACT", "STORE_H", "FUSED_GEMM"],
                    _INTERPRET_CONV_BLOCKS)
-# The partial-sum buffers must start at zero: a config with larger blocks writes fewer partials.
+# The partial-sum buffer must start at zero: a config with larger blocks writes fewer partials.
 _conv_bwd = _tuned(down_conv_act_bwd_kernel, _conv_configs(), ["C", "CA", "KT", "ACT", "FUSED_GEMM"],
-                   _INTERPRET_CONV_BLOCKS, reset_to_zero=["dwc_part_ptr", "dbc_part_ptr", "db1_part_ptr"])
+                   _INTERPRET_CONV_BLOCKS, reset_to_zero=["part_ptr"])
 _matmul_residual = _tuned(matmul_residual_kernel, _matmul_configs(), ["K", "NC"], _INTERPRET_MATMUL_BLOCKS)
 
 
@@ -103,23 +103,20 @@ class TritonKernels(ConvKernels):
         frames, num_patches, Ca = h.shape
         kt = conv_weight.shape[1]
         batch = frames // num_frames
-        # One partial per (clip, token block) program, summed below in a fixed order: deterministic.
+        # One row block of partials per (clip, token block) program, summed in a fixed order: deterministic.
         max_parts = batch * triton.cdiv(num_patches, MIN_BLOCK_N)
-        part = lambda *shape: torch.zeros((max_parts, *shape), device=h.device, dtype=torch.float32)
-        conv_weight_part, conv_bias_part, fc1_bias_part = part(Ca, kt), part(Ca), part(Ca)
+        partials = torch.zeros((max_parts, kt + 2, Ca), device=h.device, dtype=torch.float32)
         dot_dtype, precision = dot_settings(h.dtype)
         _conv_bwd(_conv_grid(batch, num_patches, Ca),
                   g_ptr=g_patch, w2_ptr=fc2_weight, h_ptr=h, wc_ptr=conv_weight, bc_ptr=conv_bias, a_ptr=a,
-                  gh_ptr=grad_h, dwc_part_ptr=conv_weight_part, dbc_part_ptr=conv_bias_part,
-                  db1_part_ptr=fc1_bias_part, T=num_frames, N=num_patches, C=fc2_weight.shape[0], CA=Ca,
+                  gh_ptr=grad_h, part_ptr=partials, T=num_frames, N=num_patches, C=fc2_weight.shape[0], CA=Ca,
                   stride_gf=g_patch.stride(0), stride_gn=g_patch.stride(1),
                   stride_w2_c=fc2_weight.stride(0), stride_w2_ca=fc2_weight.stride(1),
                   stride_hf=h.stride(0), stride_hn=h.stride(1), stride_af=a.stride(0), stride_an=a.stride(1),
                   stride_ghf=grad_h.stride(0), stride_ghn=grad_h.stride(1),
                   KT=kt, ACT=ACTIVATION_CODES[activation], FUSED_GEMM=self.fused_gemm, DOT_DTYPE=dot_dtype,
                   DOT_PRECISION=precision)
-        dtype = h.dtype
-        return conv_weight_part.sum(0).to(dtype), conv_bias_part.sum(0).to(dtype), fc1_bias_part.sum(0).to(dtype)
+        return conv_reductions(partials, h.dtype)
 
     def matmul_residual(self, a, b, residual, out):
         return matmul_residual(a, b, residual, out)

@@ -171,7 +171,7 @@ def _load_h(h_ptr, first_frame, t, T, stride_hf, stride_hn, offs_n64, offs_ca, t
 
 @triton.jit
 def down_conv_act_bwd_kernel(
-        g_ptr, w2_ptr, h_ptr, wc_ptr, bc_ptr, a_ptr, gh_ptr, dwc_part_ptr, dbc_part_ptr, db1_part_ptr,
+        g_ptr, w2_ptr, h_ptr, wc_ptr, bc_ptr, a_ptr, gh_ptr, part_ptr,
         T, N, C, CA,
         stride_gf, stride_gn, stride_w2_c, stride_w2_ca,
         stride_hf, stride_hn, stride_af, stride_an, stride_ghf, stride_ghn,
@@ -183,8 +183,8 @@ def down_conv_act_bwd_kernel(
         grad_a[t] = g[t] @ W2[:, ca]          grad_c[t] = grad_a[t] * act'(c[t])     (c recomputed from h)
         grad_h[s] = sum_d w[PAD - d] * grad_c[s + d]                                (the conv's transpose)
         a[t] = act(c[t]) (stored, for fc2's weight gradient)
-        per-program partial sums of dL/dconv_weight, dL/dconv_bias and dL/dfc1_bias (fp32, summed later
-        in a fixed order, so the result is deterministic)
+        per-program partial sums of dL/dconv_weight, dL/dconv_bias and dL/dfc1_bias (fp32) into
+        part_ptr, laid out as fused.conv_reductions takes them (summed there in a fixed order: deterministic)
     With FUSED_GEMM off, g_ptr holds grad_a itself (one cuBLAS call beforehand).
 
     Grid as the forward's. The window holds grad_c; h tiles are re-read (from cache) as needed.
@@ -256,18 +256,20 @@ def down_conv_act_bwd_kernel(
             gh_ptrs = gh_ptr + (first_frame + s) * stride_ghf + offs_n64[:, None] * stride_ghn + offs_ca[None, :]
             tl.store(gh_ptrs, gh.to(gh_ptr.dtype.element_ty), mask=tile_mask)
 
-    # Partials laid out (programs over clip and token block, CA, KT); summed over dim 0 by the caller.
-    part = (clip * tl.cdiv(N, BLOCK_N) + pid_n) * CA
-    tl.store(dbc_part_ptr + part + offs_ca, dbc, mask=ca_mask)
-    tl.store(db1_part_ptr + part + offs_ca, db1, mask=ca_mask)
-    dw_ptrs = dwc_part_ptr + (part + offs_ca) * KT + PAD
-    tl.store(dw_ptrs, dw_z, mask=ca_mask)
+    # This program's partials: rows of a (programs over clip and token block, KT + 2, CA) buffer, the
+    # layout of the compiled kernels too: rows 0..KT-1 the weight gradient per tap, row KT the conv bias's,
+    # row KT + 1 grad_h summed (fc1 bias's). The caller sums them over programs (fused.conv_reductions).
+    first_row = (clip * tl.cdiv(N, BLOCK_N) + pid_n) * (KT + 2)
+    tap_z = part_ptr + (first_row + PAD) * CA + offs_ca   # the row of the centre tap (offset 0)
+    tl.store(tap_z, dw_z, mask=ca_mask)
     if PAD >= 1:
-        tl.store(dw_ptrs - 1, dw_m1, mask=ca_mask)
-        tl.store(dw_ptrs + 1, dw_p1, mask=ca_mask)
+        tl.store(tap_z - CA, dw_m1, mask=ca_mask)
+        tl.store(tap_z + CA, dw_p1, mask=ca_mask)
     if PAD >= 2:
-        tl.store(dw_ptrs - 2, dw_m2, mask=ca_mask)
-        tl.store(dw_ptrs + 2, dw_p2, mask=ca_mask)
+        tl.store(tap_z - 2 * CA, dw_m2, mask=ca_mask)
+        tl.store(tap_z + 2 * CA, dw_p2, mask=ca_mask)
     if PAD >= 3:
-        tl.store(dw_ptrs - 3, dw_m3, mask=ca_mask)
-        tl.store(dw_ptrs + 3, dw_p3, mask=ca_mask)
+        tl.store(tap_z - 3 * CA, dw_m3, mask=ca_mask)
+        tl.store(tap_z + 3 * CA, dw_p3, mask=ca_mask)
+    tl.store(part_ptr + (first_row + KT) * CA + offs_ca, dbc, mask=ca_mask)
+    tl.store(part_ptr + (first_row + KT + 1) * CA + offs_ca, db1, mask=ca_mask)
