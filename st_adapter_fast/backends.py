@@ -84,15 +84,16 @@ def _compiled(name):
     module, error = compiled.EXTENSION
     unavailable = error
     if module is not None and name == "cuda" and not module.with_cuda:
-        unavailable = "this build of st_adapter_fast._C has no CUDA kernels (no CUDA toolkit was found when it was built)"
+        unavailable = ("this build of st_adapter_fast._C has no CUDA kernels (no CUDA toolkit was found when it "
+                       "was built)")
     return Capability(name, "the compiled kernels", (name,), tuple(module.dtypes) if module else (),
                       module.max_kernel_t if module else None, unavailable, extension_missing=module is None)
 
 
 def _triton():
     on_cpu = interpreting()
-    return Capability("triton", "the fused Triton kernels", ("cuda", "cpu") if on_cpu else ("cuda",), triton_kernels.DTYPES,
-                      triton_kernels.MAX_KERNEL_T, None if HAS_TRITON else "triton is not installed",
+    return Capability("triton", "the fused Triton kernels", ("cuda", "cpu") if on_cpu else ("cuda",),
+                      triton_kernels.DTYPES, triton_kernels.MAX_KERNEL_T, None if HAS_TRITON else "triton is not installed",
                       device_note="" if on_cpu else " (and cpu tensors under TRITON_INTERPRET=1)")
 
 

@@ -30,9 +30,9 @@ def checked_extension(module):
     codes = getattr(module, "activation_codes", None)
     if codes is None or dict(codes) != ACTIVATION_CODES:
         found = "states none" if codes is None else f"are {dict(codes)}"
-        return Extension(None, f"the compiled extension st_adapter_fast._C does not match this package (its activation "
-                               f"codes {found}, the package's are {ACTIVATION_CODES}): it was built from other sources; "
-                               + REINSTALL)
+        return Extension(None, f"the compiled extension st_adapter_fast._C does not match this package (its "
+                               f"activation codes {found}, the package's are {ACTIVATION_CODES}): it was built from "
+                               f"other sources; {REINSTALL}")
     return Extension(module, None)
 
 
