@@ -36,7 +36,8 @@ AUTHORS_MODEL = "vit_base_patch16_clip_quickgelu_224"
 # ------------------------------------------------------------------------------------------- variants
 
 
-def _set_backend(model, backend):
+def set_backend(model, backend):
+    """Set `backend` on every STAdapter inside `model` (the same weights, another implementation)."""
     for m in model.modules():
         if isinstance(m, STAdapter):
             m.backend = backend
@@ -46,7 +47,7 @@ def _variant_model(base, plain, name, compile_backend):
     """(module to call, module whose parameters train) for variant `name`, on copies of `base`/`plain`."""
     model = copy.deepcopy(plain if name == "no adapters" else base)
     if name != "no adapters":
-        _set_backend(model, "reference" if name.startswith("reference") else "auto")
+        set_backend(model, "reference" if name.startswith("reference") else "auto")
     if name == "fast + checkpointing":
         model.backbone.set_grad_checkpointing(True)
     call = torch.compile(model, backend=compile_backend) if "compiled" in name else model

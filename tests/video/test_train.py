@@ -190,13 +190,13 @@ def test_amp_bf16_run_computes_the_whole_backbone_in_bf16(data, tmp_path, monkey
     import collections
 
     from st_adapter_fast.video.train import loop as train_module
-    from st_adapter_fast.measure import _backbone_linears
+    from st_adapter_fast.measure import backbone_linears
     seen = collections.Counter()
     real_build_model = train_module.build_model
 
     def build_and_watch(config):
         model = real_build_model(config)
-        for linear in _backbone_linears(model.backbone):
+        for linear in backbone_linears(model.backbone):
             linear.register_forward_hook(lambda m, args, out: seen.update([out.dtype]))
         return model
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ...checkpoint import _trainable
+from ...checkpoint import checkpoint_parameters
 from .config import BOOKKEEPING_FIELDS
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -47,7 +47,7 @@ def save_checkpoint(path, model, optimizer, scheduler, scaler, position, config,
     state = dict(format=CHECKPOINT_FORMAT, config=dataclasses.asdict(config), position=dict(position),
                  world_size=world_size, rng=rng, optimizer=optimizer.state_dict(),
                  scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-                 trainable={n: p.detach().cpu() for n, p in _trainable(model).items()})
+                 trainable={n: p.detach().cpu() for n, p in checkpoint_parameters(model).items()})
     torch.save(state, path + ".tmp")
     os.replace(path + ".tmp", path)   # a run killed while saving leaves the previous checkpoint intact
 
