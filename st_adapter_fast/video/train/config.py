@@ -234,11 +234,15 @@ def load_config_file(path):
     TrainConfig.from_dict); errors name the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file not found: {path}")
-    import yaml
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+        load, errors = (lambda f: yaml.safe_load(f) or {}), (ValueError, yaml.YAMLError)
+    else:   # JSON (train_config.json too: from_pretrained reads it without the [video] extra's PyYAML)
+        load, errors = json.load, ValueError
     with open(path) as f:
         try:
-            values = (yaml.safe_load(f) or {}) if path.endswith((".yaml", ".yml")) else json.load(f)
-        except (ValueError, yaml.YAMLError) as error:
+            values = load(f)
+        except errors as error:
             raise ValueError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} "
                              f"({' '.join(str(error).split())})") from None
     if not isinstance(values, dict):
