@@ -2,7 +2,7 @@
 
 The Ca-wide GEMMs run in cuBLAS/MKL (torch), the temporal conv + activation (and, backward, its
 gradients) in one kernel pass in the token layout. A backend supplies that kernel as a `ConvKernels`:
-the Triton one (triton/adapter.py) or the compiled one (compiled.py).
+the Triton one (kernels/triton/adapter.py) or the compiled one (kernels/compiled.py).
 
 Tensors come in validated (ops.py); the compute dtype is the parameters' dtype, `x` may differ (autocast).
 
@@ -53,7 +53,6 @@ class ConvKernels:
     - fold_fc2_bias(device): whether fc2's bias rides in the GEMM as an extra column (see BIAS_COLUMNS).
     conv_weight is (Ca, kt), contiguous.
     """
-    name = "abstract"
     fused_gemm = False
 
     def fold_fc2_bias(self, device):

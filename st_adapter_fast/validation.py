@@ -25,10 +25,6 @@ class AdapterShape:
     adapter_channels: int
     kernel_size: tuple
 
-    @property
-    def num_patches(self):
-        return self.num_tokens - self.num_prefix_tokens
-
 
 def as_int(name, value, minimum):
     """`value` as an int (``operator.index``: Python and numpy integers, a SymInt under torch.compile),

@@ -8,7 +8,7 @@ import torch
 from ..ops import st_adapter
 from ..reference import st_adapter_reference
 
-# ||out - ref|| / ||ref|| bounds against the float64 reference (DESIGN.md section 4).
+# ||out - ref|| / ||ref|| bounds against the float64 reference (the README's accuracy bounds).
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3, torch.float64: 1e-12}
 GRADIENT_NAMES = ("x", "fc1_weight", "fc1_bias", "conv_weight", "conv_bias", "fc2_weight", "fc2_bias")
 

@@ -120,7 +120,7 @@ def add_video_commands(sub, common):
     m.add_argument("--seed", type=int, default=0, help="seed of the videos' randomness")
     m.set_defaults(func=make_synthetic_command, needs=lambda args: ("video", SYNTHETIC_MODULES))
     d = sub.add_parser("demo", parents=[common], formatter_class=HelpFormatter,
-                       help="linear probe vs ST-Adapters on the synthetic task (see demo.py)")
+                       help="linear probe vs ST-Adapters on the synthetic task (see st_adapter_fast/video/demo.py)")
     from . import demo
     demo.add_arguments(d)
     d.set_defaults(func=demo.run, needs=lambda args: ("video", DEMO_MODULES))

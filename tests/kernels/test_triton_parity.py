@@ -121,7 +121,7 @@ def test_autocast_matches_reference_dtype_behaviour(dtype):
 
 
 def test_saved_bytes_at_most_half_of_reference():
-    """Activations saved for backward other than x (the measure DESIGN.md sets: x is the block's input).
+    """Activations saved for backward other than x (the measure the README's numbers use: x is the block's input).
     Counting x, see test_saved_bytes_counting_x."""
     x, params = random_inputs(2, 8, 17, C, CA, (3, 1, 1), device=DEVICE)
     x = x.float().requires_grad_()

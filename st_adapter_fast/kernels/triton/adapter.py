@@ -12,7 +12,8 @@ from .matmul_residual import matmul_residual_kernel
 from .temporal_conv import down_conv_act_bwd_kernel, down_conv_act_fwd_kernel
 
 # Whether the fused kernels compute the Ca-wide GEMM next to the conv (x @ W1^T forward, g @ W2 backward)
-# or read its result from a cuBLAS call. Both are tested; the default is what measured faster (see docs).
+# or read its result from a cuBLAS call. Both are tested; the default is what measured faster on the H100
+# (benchmarks/results/*profile_fused_vs_cublas.log).
 FUSED_GEMM = os.environ.get("ST_ADAPTER_FAST_FUSED_GEMM", "0") == "1"
 
 # Small blocks under the interpreter: fast on the CPU, and small test shapes still span several blocks.
@@ -78,7 +79,6 @@ def matmul_residual(a, b, residual, out):
 
 class TritonKernels(ConvKernels):
     """Conv + activation (optionally with the Ca-wide GEMM fused in) and the residual GEMM, in Triton."""
-    name = "triton"
 
     @property
     def fused_gemm(self):  # read at call time: tests and benchmarks switch it
