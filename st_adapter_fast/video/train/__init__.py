@@ -17,14 +17,14 @@ metrics.json (final eval). `--no-resume` deletes these first.
     loader.py        the training DataLoader, resumable mid-epoch
     loop.py          forward_backward, train_step, train (the run), the run's files
     checkpoints.py   save_checkpoint / load_checkpoint (bit-for-bit resume), checkpoint_step
-    evaluate.py      evaluate, evaluate_adapters, format_metrics
+    evaluation.py    evaluate, evaluate_adapters, format_metrics
 """
 from .checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_NAME, checkpoint_step, load_checkpoint, save_checkpoint
 from .config import (BOOKKEEPING_FIELDS, EVAL_FIELDS, TrainConfig, absolute_paths, add_config_arguments,
                      coerce_config_values, config_key, config_values_from_args, config_warnings, default_num_workers,
                      load_config_file)
 from .distributed import all_reduce_sum, setup_distributed
-from .evaluate import evaluate, evaluate_adapters, format_metrics
+from .evaluation import evaluate, evaluate_adapters, format_metrics
 from .loader import iterate_batches, make_train_loader
 from .loop import ADAPTERS_NAME, LOG_NAME, METRICS_NAME, RUN_FILES, check_can_train, forward_backward, train, train_step
 from .model import AMP_DTYPES, autocast, build_model, build_optimizer, classifier_arguments

@@ -17,7 +17,7 @@ from ..data import SkipCounter, read_video_list
 from .checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import absolute_paths, config_key
 from .distributed import setup_distributed
-from .evaluate import evaluate, format_metrics
+from .evaluation import evaluate, format_metrics
 from .loader import iterate_batches, make_train_loader
 from .model import autocast, build_model, build_optimizer
 
