@@ -15,7 +15,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from st_adapter_fast.benchmark import adapter_inputs, interleaved_cpu_samples, linears_only  # noqa: E402
+from st_adapter_fast.bench.benchmark import adapter_inputs, interleaved_cpu_samples, linears_only  # noqa: E402
 from st_adapter_fast.ops import st_adapter  # noqa: E402
 
 

@@ -20,8 +20,8 @@ import torch
 import triton.testing
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from st_adapter_fast.benchmark import GPU_CONFIGS, measure_ceilings  # noqa: E402
-from st_adapter_fast.triton.adapter import TRITON_KERNELS  # noqa: E402
+from st_adapter_fast.bench.benchmark import GPU_CONFIGS, measure_ceilings  # noqa: E402
+from st_adapter_fast.kernels.triton.adapter import TRITON_KERNELS  # noqa: E402
 
 THREADS = (64, 128, 256)   # the backward kernel takes at most 256 (see csrc/temporal_conv_cuda.cu)
 CONFIGS = dict(GPU_CONFIGS, smoke=(1, 4, 17, 32, 16))

@@ -2,7 +2,7 @@
 
     python benchmarks/e2e_memory.py [--backend auto] [--out snapshot.pickle]
 
-Runs one training step of the e2e model (st_adapter_fast.e2e) on a GPU with the CUDA caching allocator
+Runs one training step of the e2e model (st_adapter_fast.bench.e2e) on a GPU with the CUDA caching allocator
 recording its history, then prints the live allocations at the peak, grouped by the innermost frame of
 this package (or the first frame outside torch) that allocated them. The snapshot can also be opened
 at pytorch.org/memory_viz.
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from st_adapter_fast.e2e import _set_backend  # noqa: E402
+from st_adapter_fast.bench.e2e import set_backend  # noqa: E402
 from st_adapter_fast.integrations.timm import build_video_classifier  # noqa: E402
 
 
@@ -38,7 +38,7 @@ def main():
     parser.add_argument("--out", help="write the allocator snapshot here")
     args = parser.parse_args()
     model = build_video_classifier("vit_base_patch16_224", 400, num_frames=8, dropout=0.0).cuda()
-    _set_backend(model, args.backend)
+    set_backend(model, args.backend)
     video = torch.randn(args.clips, 3, 8, 224, 224, device="cuda")
     labels = torch.randint(0, 400, (args.clips,), device="cuda")
 

@@ -2,7 +2,7 @@
 # One lent-GPU session's measurements, in two parts that fit the device tool's 10-minute command limit
 # (run from the repository root on the GPU machine, with the wheels of .whl/ carried; $OUT collects logs):
 #   bash benchmarks/gpu_session.sh build-test-bench     build, kernel sweep, native tests, host overhead, bench
-#   bash benchmarks/gpu_session.sh e2e                  the end-to-end training step (st_adapter_fast/e2e.py)
+#   bash benchmarks/gpu_session.sh e2e                  the end-to-end training step (st_adapter_fast/bench/e2e.py)
 # Each step has its own time limit and the script goes on past a failed step, so that what did run comes back.
 set -u
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_COMPILE_THREADS=16 MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0
@@ -35,8 +35,8 @@ build-test-bench)
             >/tmp/cuda_threads.env
     fi
     step tests 75 env ST_ADAPTER_FAST_AUTOTUNE=0 python3 -m pytest -q --maxfail=20 -n 12 \
-        -p no:cacheprovider tests/test_gpu_paths.py tests/test_training_path.py tests/test_properties.py \
-        tests/test_triton_parity.py tests/test_compiled_kernels.py tests/test_compile.py
+        -p no:cacheprovider tests/kernels/test_gpu_paths.py tests/api/test_training_path.py tests/kernels/test_properties.py \
+        tests/kernels/test_triton_parity.py tests/kernels/test_compiled_kernels.py tests/kernels/test_compile.py
     [ -f /tmp/cuda_threads.env ] && . /tmp/cuda_threads.env && cat /tmp/cuda_threads.env
     step host 30 python3 benchmarks/host_overhead.py --json "$OUT/host_overhead.json"
     for dtype in bfloat16 float16; do   # bf16 rows first; both into one file

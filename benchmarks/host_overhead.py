@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import st_adapter_fast as saf  # noqa: E402
-from st_adapter_fast.benchmark import CPU_CONFIGS, GPU_CONFIGS, adapter_inputs, case_step  # noqa: E402
+from st_adapter_fast.bench.benchmark import CPU_CONFIGS, GPU_CONFIGS, adapter_inputs, case_step  # noqa: E402
 
 
 def kind(name):

@@ -12,8 +12,8 @@ import triton.testing
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import st_adapter_fast as saf  # noqa: E402
-from st_adapter_fast.triton import adapter as triton_adapter  # noqa: E402
-from st_adapter_fast.benchmark import GPU_CONFIGS, adapter_inputs  # noqa: E402
+from st_adapter_fast.kernels.triton import adapter as triton_adapter  # noqa: E402
+from st_adapter_fast.bench.benchmark import GPU_CONFIGS, adapter_inputs  # noqa: E402
 
 
 def main():

@@ -14,9 +14,8 @@
 namespace st_adapter_fast {
 
 Activation parse_activation(c10::string_view name) {
-  if (name == "none") return Activation::kNone;
-  if (name == "gelu") return Activation::kGelu;
-  if (name == "quick_gelu") return Activation::kQuickGelu;
+  for (const ActivationName& entry : kActivationNames)
+    if (name == entry.name) return entry.code;
   SAF_CHECK_VALUE(false, "st_adapter_fast: activation must be 'none', 'gelu' or 'quick_gelu', got '", name, "'");
 }
 
@@ -153,6 +152,9 @@ void run_forward(const at::Tensor& h, const at::Tensor& weight, const at::Tensor
   conv_act_forward_cpu(h, w, b, out, shape, act);
 }
 
+// The (kt + 2, Ca) sums of the per-block partials (rows: the weight gradient per tap, the bias gradient, grad_h
+// summed) as the three gradients; the Triton backend's partials have the same layout and Python's
+// fused.conv_reductions splits them the same way.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> split_reductions(const at::Tensor& sums, const at::Tensor& weight) {
   const int64_t kt = weight.size(1);
   const auto dtype = weight.scalar_type();

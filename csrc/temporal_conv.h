@@ -50,9 +50,23 @@ std::string message(const Parts&... parts) {
 #define SAF_CHECK_VALUE(cond, ...) TORCH_CHECK_VALUE(cond, ::st_adapter_fast::message(__VA_ARGS__))
 #define SAF_CHECK_TYPE(cond, ...) TORCH_CHECK_TYPE(cond, ::st_adapter_fast::message(__VA_ARGS__))
 
+// What the kernels cover, stated once here and exported by the Python module (python_module.cpp), which the
+// package reads instead of restating: temporal kernels with odd kt up to kMaxKernelT, the dtypes the CPU and
+// CUDA kernels are instantiated for (their AT_DISPATCH_FLOATING_TYPES_AND2(kBFloat16, kHalf, ...)), and the
+// activations by name as the ops take them, with their codes.
 constexpr int64_t kMaxKernelT = 7;
+constexpr c10::ScalarType kKernelDtypes[] = {c10::kFloat, c10::kDouble, c10::kBFloat16, c10::kHalf};
 
 enum class Activation : int { kNone = 0, kGelu = 1, kQuickGelu = 2 };
+
+// The Python package's activations.ACTIVATION_CODES must be this table (it refuses an extension whose codes
+// differ, and a test checks that they agree): the Triton kernels take the same codes.
+struct ActivationName {
+  const char* name;
+  Activation code;
+};
+constexpr ActivationName kActivationNames[] = {
+    {"none", Activation::kNone}, {"gelu", Activation::kGelu}, {"quick_gelu", Activation::kQuickGelu}};
 
 Activation parse_activation(c10::string_view name);
 

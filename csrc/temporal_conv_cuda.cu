@@ -297,6 +297,7 @@ void with_kernel_params(int64_t kt, int vec, Fn&& fn) {
     if (vec == wide) fn(kt_tag, std::integral_constant<int, wide>{});
     else fn(kt_tag, std::integral_constant<int, 1>{});
   };
+  static_assert(kMaxKernelT == 7, "the cases below instantiate kt = 1, 3, 5, 7: add one for a larger kMaxKernelT");
   switch (kt) {
     case 1: with_kt(std::integral_constant<int, 1>{}); break;
     case 3: with_kt(std::integral_constant<int, 3>{}); break;

@@ -13,6 +13,11 @@ INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 # Op schemas cannot carry None in a str argument; this is the spelling the ops use for "no activation".
 NO_ACTIVATION = "none"
 
+# The kernels' activation codes, by the name the ops take: the Triton kernels use these; the compiled
+# extension states its own (st_adapter_fast._C.activation_codes, from csrc/temporal_conv.h), which must be
+# these: kernels/compiled.py refuses to load an extension whose codes differ.
+ACTIVATION_CODES = {NO_ACTIVATION: 0, "gelu": 1, "quick_gelu": 2}
+
 
 def check_activation(activation):
     """`activation` if it is one of ACTIVATIONS, else a ValueError."""

@@ -22,7 +22,7 @@ CLASSIFIER_KEY = "video_classifier"
 TRAIN_CONFIG_NAME = "train_config.json"   # written beside the adapters by `train`
 
 
-def _trainable(model):
+def checkpoint_parameters(model):
     """The parameters an adapter checkpoint holds, picked by what they are, not by requires_grad: every
     adapter's (each STAdapter / STAdapterReference inside `model`) and each VideoClassifier's head. A
     frozen model (`requires_grad_(False)`) gives the same ones; an unfrozen backbone layer is not one."""
@@ -57,7 +57,7 @@ def save_adapters(model, path):
     `build_video_classifier`. Returns `path`."""
     from safetensors.torch import save_file
     os.makedirs(path, exist_ok=True)
-    tensors = {name: p.detach().cpu().contiguous() for name, p in _trainable(model).items()}
+    tensors = {name: p.detach().cpu().contiguous() for name, p in checkpoint_parameters(model).items()}
     save_file(tensors, os.path.join(path, WEIGHTS_NAME))
     config = dict(format_version=FORMAT_VERSION, st_adapter_config=adapter_config(model),
                   tensors={name: dict(shape=list(t.shape), dtype=str(t.dtype)) for name, t in tensors.items()})
@@ -100,7 +100,7 @@ def load_adapters(model, path):
         tensors = load_file(weights_file)
     except SafetensorError as error:
         raise ValueError(f"{weights_file}: not a readable safetensors file ({error})") from None
-    params = _trainable(model)
+    params = checkpoint_parameters(model)
     missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
     if missing or unexpected:
         raise ValueError(f"{weights_file}: tensors do not match the model's trainable parameters; "
@@ -165,7 +165,7 @@ def _recorded_arguments(path):
     if record is not None:
         return record
     if os.path.isfile(os.path.join(path, TRAIN_CONFIG_NAME)):
-        from .train import TrainConfig, classifier_arguments, load_config_file
+        from .video.train import TrainConfig, classifier_arguments, load_config_file
         train_config = os.path.join(path, TRAIN_CONFIG_NAME)
         return classifier_arguments(TrainConfig.from_dict(load_config_file(train_config), source=train_config))
     raise ValueError(f"{config_file} does not record how to build the model (it was not saved from a classifier "

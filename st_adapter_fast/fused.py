@@ -2,7 +2,7 @@
 
 The Ca-wide GEMMs run in cuBLAS/MKL (torch), the temporal conv + activation (and, backward, its
 gradients) in one kernel pass in the token layout. A backend supplies that kernel as a `ConvKernels`:
-the Triton one (triton/adapter.py) or the compiled one (compiled.py).
+the Triton one (kernels/triton/adapter.py) or the compiled one (kernels/compiled.py).
 
 Tensors come in validated (ops.py); the compute dtype is the parameters' dtype, `x` may differ (autocast).
 
@@ -47,16 +47,28 @@ class ConvKernels:
       and fc1 (and written only when store_h); otherwise it is read.
     - conv_act_backward(g_patch, fc2_weight, h, conv_weight, conv_bias, a, grad_h, num_frames, activation):
       writes grad_h and the recomputed a; returns the gradients of conv.weight (as (Ca, kt)), conv.bias
-      and fc1.bias in the compute dtype. g_patch is grad_a, or with `fused_gemm` grad_y (grad_a computed inside).
+      and fc1.bias in the compute dtype, from per-block partial sums in one layout for every backend (see
+      `conv_reductions`). g_patch is grad_a, or with `fused_gemm` grad_y (grad_a computed inside).
     - matmul_residual(a, b, residual, out): out = residual + a @ b for the dtype mixes torch.addmm refuses.
     - fold_fc2_bias(device): whether fc2's bias rides in the GEMM as an extra column (see BIAS_COLUMNS).
     conv_weight is (Ca, kt), contiguous.
     """
-    name = "abstract"
     fused_gemm = False
 
     def fold_fc2_bias(self, device):
         return True
+
+
+def conv_reductions(partials, dtype):
+    """(conv.weight's gradient (Ca, kt), conv.bias's (Ca), fc1.bias's (Ca)) in `dtype`, from the per-block
+    partial sums of a conv backward kernel, fp32, laid out (blocks, kt + 2, Ca): rows 0..kt-1 the weight
+    gradient per tap, row kt the conv bias's, row kt + 1 grad_h summed (the bias of the GEMM that made h).
+    Summed over blocks by one torch reduction, in a fixed order: deterministic. The compiled kernels write
+    the same layout and sum and split it the same way in C++ (csrc/ops.cpp, split_reductions), since their
+    registered ops return the three gradients. Copies, never views of one buffer: op outputs must not alias."""
+    sums = partials.sum(0)
+    kt = sums.shape[0] - 2
+    return sums[:kt].t().contiguous().to(dtype), sums[kt].to(dtype, copy=True), sums[kt + 1].to(dtype, copy=True)
 
 
 def _zero_prefix_buffer(frames, num_tokens, num_prefix_tokens, channels, like):

@@ -23,7 +23,7 @@ def saved_activation_bytes(fn, *exclude):
     return sum(storages.values())
 
 
-def _backbone_linears(model):
+def backbone_linears(model):
     """The nn.Linear modules of `model` that belong to no adapter (an adapter's fc1/fc2 are excluded)."""
     from .reference import STAdapterReference
     in_adapters = {id(m) for a in model.modules() if isinstance(a, STAdapterReference) for m in a.modules()}
@@ -41,7 +41,7 @@ def linear_compute_dtypes(model):
     def record(module, args, output):
         seen[str(output.dtype).replace("torch.", "")] += 1
 
-    handles = [m.register_forward_hook(record) for m in _backbone_linears(model)]
+    handles = [m.register_forward_hook(record) for m in backbone_linears(model)]
     try:
         yield seen
     finally:

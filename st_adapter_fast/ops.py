@@ -1,96 +1,23 @@
-"""The ST-Adapter op: input checks, backend choice, and the registered ops with their autograd.
+"""The ST-Adapter op: `st_adapter(...)`, and the registered ops with their autograd.
 
-`st_adapter(...)` is the one entry point. The kernel paths (Triton, and the compiled CPU/CUDA kernels
-of csrc/) share one forward/backward (fused.py) and one pair of `torch.library.custom_op`s
-(`st_adapter_fast::adapter_fwd` / `adapter_bwd`, with a `kernels` argument) with fake implementations,
-so torch.compile sees them as opaque nodes with known output shapes and never breaks the graph on
-them. Eager calls run the same forward/backward through a plain autograd.Function, which skips the
-custom-op dispatch.
+`st_adapter(...)` is the one entry point: it checks the inputs (validation.py), asks backends.py which
+backend runs the call (`choose_backend`, re-exported here), and runs it. The kernel paths (Triton, and the
+compiled CPU/CUDA kernels of csrc/) share one forward/backward (fused.py) and one pair of
+`torch.library.custom_op`s (`st_adapter_fast::adapter_fwd` / `adapter_bwd`, with a `kernels` argument) with
+fake implementations, so torch.compile sees them as opaque nodes with known output shapes and never breaks
+the graph on them. Eager calls run the same forward/backward through a plain autograd.Function, which
+skips the custom-op dispatch.
 """
-import importlib.util
-import warnings
-
 import torch
 
-from . import compiled
 from .activations import activation_op_name, check_activation
+from .backends import BACKENDS, choose_backend, warn_once
 from .fused import adapter_backward, adapter_forward, zero_prefix_copy
+from .kernels import compiled
 from .reference import adapter_delta, st_adapter_reference
-from .validation import autocast_active, check_adapter_inputs, temporal_kernel_reason
+from .validation import autocast_active, check_adapter_inputs
 
-BACKENDS = ("auto", "triton", "cuda", "cpu", "reference")
-TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-MAX_TRITON_KERNEL_T = 7
-
-# Looked up, not imported: triton reads TRITON_INTERPRET when it is first imported, which must stay
-# up to the caller (the CLI's --interpret, the tests' conftest). Without triton the reference path works.
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-
-_warned = set()
-
-
-def _warn_once(message):
-    if message not in _warned:
-        _warned.add(message)
-        warnings.warn(message, stacklevel=3)
-
-
-def _interpreting():
-    from .triton.common import interpreting
-    return interpreting()
-
-
-def _triton_unsupported_reason(x, compute_dtype, kernel_size):
-    """Why the Triton path cannot run this call, or None if it can."""
-    if not HAS_TRITON:
-        return "triton is not installed"
-    if not (x.is_cuda or (x.device.type == "cpu" and _interpreting())):
-        return f"x is on {x.device}; Triton kernels need a CUDA device (or TRITON_INTERPRET=1 on the CPU)"
-    if compute_dtype not in TRITON_DTYPES:
-        return f"dtype {compute_dtype} is not supported by the Triton kernels (float32, bfloat16, float16 are)"
-    return temporal_kernel_reason(kernel_size, MAX_TRITON_KERNEL_T, "the fused Triton kernels")
-
-
-def _compiled_backend_for(x):
-    return "cuda" if x.is_cuda else "cpu"
-
-
-def choose_backend(backend, x, compute_dtype, kernel_size):
-    """Resolve `backend` to the path that runs ("triton", "cuda", "cpu" or "reference"), or raise why it cannot.
-
-    "auto": the compiled kernels of the tensors' device (csrc/), else on a GPU the Triton kernels; the
-    reference (with a one-time warning) where none of those can run the call. Meta tensors (shape
-    inference, deferred init) take the reference path under "auto", without a warning.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "reference" or (backend == "auto" and x.device.type == "meta"):
-        return "reference"
-    if backend in ("cuda", "cpu"):
-        reason = compiled.unavailable_reason(backend, x, compute_dtype, kernel_size)
-        if reason is not None:
-            error = RuntimeError if not compiled.extension_info()["available"] else ValueError
-            raise error(f"backend={backend!r} cannot run this input: {reason}")
-        return backend
-    if backend == "triton":
-        reason = _triton_unsupported_reason(x, compute_dtype, kernel_size)
-        if reason is not None:
-            raise ValueError(f"backend='triton' cannot run this input: {reason}")
-        return "triton"
-    # On a GPU the compiled CUDA kernels come first: they measured faster than the Triton ones on the H100
-    # (ViT-B/16 bf16 fwd+bwd 1.65 vs 2.01 ms; benchmarks/results/). Triton is next where the extension
-    # was built without CUDA.
-    reasons = []
-    compiled_backend = _compiled_backend_for(x)
-    reasons.append(compiled.unavailable_reason(compiled_backend, x, compute_dtype, kernel_size))
-    if reasons[-1] is None:
-        return compiled_backend
-    if x.is_cuda:
-        reasons.append(_triton_unsupported_reason(x, compute_dtype, kernel_size))
-        if reasons[-1] is None:
-            return "triton"
-    _warn_once("st_adapter_fast: falling back to the (slower) reference path: " + "; ".join(reasons))
-    return "reference"
+__all__ = ["st_adapter", "adapter_fwd", "adapter_bwd", "BACKENDS", "choose_backend"]   # the last two: backends.py's
 
 
 def st_adapter(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, *,
@@ -134,7 +61,7 @@ def st_adapter(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_
     # The kernels index parameters as contiguous (they are tiny: a copy of a strided view costs nothing).
     params = tuple(p.to(compute_dtype).contiguous() for p in params)
     if x.stride(-1) != 1:
-        _warn_once(f"st_adapter_fast: x's last dimension is not contiguous (stride != 1); the {path} path "
+        warn_once(f"st_adapter_fast: x's last dimension is not contiguous (stride != 1); the {path} path "
                    "makes a contiguous copy of x first")
         x = x.contiguous()
     # What the GEMMs read of x, in the compute dtype: x itself, or (autocast) a copy whose prefix rows are
@@ -154,7 +81,7 @@ def st_adapter(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_
 def _kernels(name):
     """The fused.ConvKernels named `name`: "triton" or "compiled"."""
     if name == "triton":
-        from .triton.adapter import TRITON_KERNELS
+        from .kernels.triton.adapter import TRITON_KERNELS
         return TRITON_KERNELS
     if name == "compiled":
         return compiled.COMPILED_KERNELS

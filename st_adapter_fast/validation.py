@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+from .backends import SUPPORTED_DTYPES
 
 
 @dataclass(frozen=True)
@@ -24,10 +24,6 @@ class AdapterShape:
     channels: int
     adapter_channels: int
     kernel_size: tuple
-
-    @property
-    def num_patches(self):
-        return self.num_tokens - self.num_prefix_tokens
 
 
 def as_int(name, value, minimum):
@@ -87,16 +83,6 @@ def check_kernel_size(kernel_size):
     if any(k % 2 == 0 for k in kernel_size):
         raise ValueError(f"kernel_size must be odd in every dimension (zero padding k//2), got {kernel_size}")
     return kernel_size
-
-
-def temporal_kernel_reason(kernel_size, max_kernel_t, kernels):
-    """Why `kernels` (a description, e.g. "the compiled kernels") cannot run `kernel_size`: only temporal
-    kernels (kt, 1, 1) with kt <= max_kernel_t; None if they can."""
-    kt, kh, kw = kernel_size
-    if (kh, kw) != (1, 1) or kt > max_kernel_t:
-        return (f"kernel_size {tuple(kernel_size)} is not temporal (kt, 1, 1) with kt <= {max_kernel_t}, "
-                f"which is what {kernels} cover")
-    return None
 
 
 def autocast_active(device_type):

@@ -2,7 +2,7 @@
 import torch
 
 import st_adapter_fast as saf
-from st_adapter_fast.parity import GRADIENT_NAMES, TOLERANCE, forward_backward, parity_errors, random_inputs, rel_err
+from st_adapter_fast.bench.parity import GRADIENT_NAMES, TOLERANCE, forward_backward, parity_errors, random_inputs, rel_err
 from conftest import DEVICE
 
 # C and Ca not powers of two; 12 patches (3 x 4 grid) is not a multiple of the token block.

@@ -14,7 +14,8 @@ import warnings
 import pytest
 import torch
 
-from st_adapter_fast import cli, compiled, ops
+from st_adapter_fast import backends, cli, ops
+from st_adapter_fast.kernels import compiled
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -57,7 +58,7 @@ def quick_start(tmp_path_factory):
 
 def test_quick_start_trains_saves_reloads_and_evaluates(quick_start, monkeypatch):
     import st_adapter_fast as saf
-    from st_adapter_fast.train import TrainConfig, evaluate, load_config_file
+    from st_adapter_fast.video.train import TrainConfig, evaluate, load_config_file
     cwd, outputs = quick_start
     monkeypatch.chdir(cwd)
     assert {"make-synthetic", "train", "eval"} <= set(outputs)
@@ -116,11 +117,12 @@ SITUATIONS = [
 
 def resolved(backend, device, extension, kernel_size, monkeypatch):
     """What choose_backend does in that situation: the backend that runs, "+ warning", or "error"."""
-    module = None if extension is None else types.SimpleNamespace(with_cuda=extension == "cuda")
-    monkeypatch.setattr(compiled, "_load", lambda: (module, None if module else "not installed (test)"))
-    monkeypatch.setattr(ops, "HAS_TRITON", True)
-    monkeypatch.setattr(ops, "_interpreting", lambda: False)
-    monkeypatch.setattr(ops, "_warned", set())
+    module = None if extension is None else types.SimpleNamespace(   # what the README says the kernels cover
+        with_cuda=extension == "cuda", max_kernel_t=7, dtypes=(torch.float32, torch.float64, torch.bfloat16, torch.float16))
+    monkeypatch.setattr(compiled, "EXTENSION", compiled.Extension(module, None if module else "not installed (test)"))
+    monkeypatch.setattr(backends, "HAS_TRITON", True)
+    monkeypatch.setattr(backends, "interpreting", lambda: False)
+    monkeypatch.setattr(backends, "_warned", set())
     x = types.SimpleNamespace(is_cuda=device == "cuda", device=torch.device(device))   # all choose_backend reads
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -156,3 +158,16 @@ def test_the_docstring_and_train_help_tell_the_same_backend_story(capsys):
         cli.main(["train", "--help"])
     for text in (README, STAdapter.__doc__, capsys.readouterr().out):
         assert auto in " ".join(text.split())
+
+
+@pytest.mark.compiled
+def test_readme_states_what_the_capability_table_says():
+    """The kernel sizes and dtypes the README gives are the ones backends.py reads from the kernels."""
+    def names(capability):
+        spelled = [str(d).replace("torch.", "") for d in capability.dtypes]
+        return ", ".join(spelled[:-1]) + " and " + spelled[-1]
+    compiled_cpu, triton = backends.capability("cpu"), backends.capability("triton")
+    assert compiled_cpu.max_kernel_t == triton.max_kernel_t
+    sentence = (f"The kernels cover temporal kernels `(kt, 1, 1)` with odd kt <= {triton.max_kernel_t} (the paper's is "
+                f"`(3, 1, 1)`); the compiled ones take {names(compiled_cpu)}, the Triton ones {names(triton)}.")
+    assert sentence in " ".join(README.split())

@@ -1,6 +1,6 @@
 """Property-based tests (hypothesis) of the public op against an independent float64 oracle.
 
-The oracle below is written from the definition in DESIGN.md, independently of reference.py: fc1 on the
+The oracle below is written from the definition (the README's formulas), independently of reference.py: fc1 on the
 patch rows, then the depthwise conv as explicit shifted sums over (t, h, w) in the token layout (zero
 padding k//2), the activation from its formula, fc2, and the prefix rows passed through. Random clips,
 grids (square by default, non-square and 1 x N through grid_size), prefix counts 0-5, odd channel counts,
@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 import st_adapter_fast as saf
 from conftest import DEVICE
-from st_adapter_fast.parity import TOLERANCE, rel_err
+from st_adapter_fast.bench.parity import TOLERANCE, rel_err
 
 _EXAMPLES = int(os.environ.get("ST_ADAPTER_FAST_HYPOTHESIS_EXAMPLES", "0"))
 
@@ -282,7 +282,7 @@ def check_parity(case, backend):
     errors = errors_against_oracle(case, backend, grad_y, y_ref, grads_ref)
     bad = {k: v for k, v in errors.items() if not v <= tolerance(case)}
     if bad and backend != "reference" and tolerance(case) >= TOLERANCE[torch.float16]:
-        # Low precision, as DESIGN.md allows: at most ~2x the reference's error in the same precision.
+        # Low precision: at most ~2x the error of the eager reference in the same precision.
         eager = errors_against_oracle(case, "reference", grad_y, y_ref, grads_ref)
         bad = {k: v for k, v in bad.items() if v > 2 * eager[k] + 1e-4}
     if bad:   # or within what rounding costs on this ill-conditioned case (16 roundings' worth)
@@ -551,9 +551,10 @@ def test_direct_ops_accept_non_overlapping_strided_outputs(frames, tokens, chann
 def run_in_subprocess(function_name):
     """Run the property `function_name` of this module in a fresh interpreter: a crash fails the test."""
     here = os.path.dirname(os.path.abspath(__file__))
+    tests = os.path.dirname(here)
     code = textwrap.dedent(f"""
         import sys
-        sys.path[:0] = [{os.path.dirname(here)!r}, {here!r}]
+        sys.path[:0] = [{os.path.dirname(tests)!r}, {tests!r}, {here!r}]
         import test_properties
         test_properties.{function_name}()
     """)

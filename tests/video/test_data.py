@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from st_adapter_fast.data import (CLIP_MEAN, CLIP_STD, ResumableSampler, VideoDataset, collate_clips,
+from st_adapter_fast.video.data import (CLIP_MEAN, CLIP_STD, ResumableSampler, VideoDataset, collate_clips,
                                   decode_video, read_video_list, sample_frame_indices)
-from st_adapter_fast.synthetic import make_synthetic
+from st_adapter_fast.video.synthetic import make_synthetic
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import torch
 import torch.multiprocessing as mp
 
 from st_adapter_fast import cli
-from st_adapter_fast.data import VideoDataset
-from st_adapter_fast.synthetic import make_synthetic
-from st_adapter_fast.train import (TrainConfig, build_model, forward_backward, load_config_file,
+from st_adapter_fast.video.data import VideoDataset
+from st_adapter_fast.video.synthetic import make_synthetic
+from st_adapter_fast.video.train import (TrainConfig, build_model, forward_backward, load_config_file,
                                    make_train_loader, setup_distributed, train)
 
 # one block of a 48-wide ViT on 32x32 frames (2x2 patches of 16)
@@ -189,14 +189,14 @@ def test_amp_bf16_run_computes_the_whole_backbone_in_bf16(data, tmp_path, monkey
     """Counted by our own hooks on every backbone Linear over the whole run, and reported by train()."""
     import collections
 
-    from st_adapter_fast import train as train_module
-    from st_adapter_fast.measure import _backbone_linears
+    from st_adapter_fast.video.train import loop as train_module
+    from st_adapter_fast.measure import backbone_linears
     seen = collections.Counter()
     real_build_model = train_module.build_model
 
     def build_and_watch(config):
         model = real_build_model(config)
-        for linear in _backbone_linears(model.backbone):
+        for linear in backbone_linears(model.backbone):
             linear.register_forward_hook(lambda m, args, out: seen.update([out.dtype]))
         return model
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import st_adapter_fast as saf
-from st_adapter_fast.compiled import extension_info
-from st_adapter_fast.parity import random_inputs
+from st_adapter_fast.kernels.compiled import extension_info
+from st_adapter_fast.bench.parity import random_inputs
 from conftest import DEVICE
 from parity_checks import (C, CA, check_backward_deterministic, check_double_backward, check_parity,
                            check_prefix_isolation, check_strided_inputs, check_strided_parameters)

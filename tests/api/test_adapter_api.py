@@ -82,7 +82,7 @@ def test_from_pretrained_reads_an_older_train_folder_through_its_train_config(tm
     """A train run's adapters/ folder from before build arguments were recorded: train_config.json."""
     import dataclasses
 
-    from st_adapter_fast.train import TrainConfig
+    from st_adapter_fast.video.train import TrainConfig
     model = perturb(classifier()).eval()
     saf.save_adapters(model, tmp_path / "adapters")
     config_file = tmp_path / "adapters" / "adapter_config.json"

@@ -7,7 +7,7 @@ from torch import nn
 
 import st_adapter_fast as saf
 from st_adapter_fast.reference import STAdapterReference, st_adapter_reference
-from st_adapter_fast.parity import random_inputs
+from st_adapter_fast.bench.parity import random_inputs
 
 
 class AuthorsAdapter(nn.Module):

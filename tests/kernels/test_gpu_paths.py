@@ -4,7 +4,7 @@ import torch
 
 import st_adapter_fast as saf
 from st_adapter_fast import fused
-from st_adapter_fast.parity import random_inputs
+from st_adapter_fast.bench.parity import random_inputs
 
 pytestmark = pytest.mark.gpu
 

@@ -1,5 +1,5 @@
 """Benchmark smoke tests: pytest-benchmark timings of a tiny config (disabled by default via
---benchmark-disable in pyproject, so CI runs each once; `pytest tests/test_benchmarks.py --benchmark-enable`
+--benchmark-disable in pyproject, so CI runs each once; `pytest tests/bench/test_benchmarks.py --benchmark-enable`
 times them and `pytest-benchmark compare` tracks regressions), the bench harness, the e2e step and the plot."""
 import json
 import os
@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import st_adapter_fast as saf
-from st_adapter_fast import benchmark as bench
+from st_adapter_fast.bench import benchmark as bench
 from conftest import DEVICE
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 
 SHAPE = (2, 4, 17, 64, 32)  # clips, frames, tokens, C, Ca
 
@@ -68,7 +68,7 @@ def test_bench_silences_the_cuda_home_warning(caplog):
 def test_end_to_end_runs_every_variant_and_records_what_ran(tmp_path, monkeypatch):
     """The GPU benchmark's code on a tiny model: every variant (compiled ones through AOTAutograd without
     code generation, to stay quick), its profile breakdown and the backbone dtype seen by hooks."""
-    from st_adapter_fast.e2e import VARIANTS, end_to_end
+    from st_adapter_fast.bench.e2e import VARIANTS, end_to_end
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     result = end_to_end(DEVICE, model_name="vit_tiny_patch16_224", clips=1, frames=2, img_size=32,
                         adapter_channels=16, steps=1, compile_backend="aot_eager", log=lambda line: None)

@@ -8,7 +8,7 @@ import st_adapter_fast as saf
 from conftest import DEVICE
 from st_adapter_fast.integrations.timm import build_video_classifier
 from st_adapter_fast.measure import linear_compute_dtypes
-from st_adapter_fast.parity import rel_err
+from st_adapter_fast.bench.parity import rel_err
 
 timm = pytest.importorskip("timm")
 DEPTH = 2

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import st_adapter_fast as saf
-from st_adapter_fast import ops
+from st_adapter_fast import backends, ops
+from st_adapter_fast.kernels import compiled
 from conftest import DEVICE
-from st_adapter_fast.parity import random_inputs
+from st_adapter_fast.bench.parity import random_inputs
 
 
 def call(x=None, num_frames=2, params=None, **kwargs):
@@ -56,8 +57,8 @@ def test_bad_input_raises_clear_error(kwargs, error, match):
 
 @pytest.mark.parametrize("backend", ["cuda", "cpu"])
 def test_compiled_backends_without_the_extension_say_so(backend, monkeypatch):
-    monkeypatch.setattr(saf.compiled, "_load", lambda: (None, "the compiled extension st_adapter_fast._C is not "
-                                                                "available (test)"))
+    monkeypatch.setattr(compiled, "EXTENSION", compiled.Extension(None, "the compiled extension st_adapter_fast._C is "
+                                                                      "not available (test)"))
     with pytest.raises(RuntimeError, match="compiled extension"):
         call(backend=backend)
 
@@ -72,8 +73,8 @@ def test_compiled_backends_reject_what_they_cannot_run():
 
 
 def test_auto_without_the_extension_falls_back_to_reference_with_one_warning(monkeypatch):
-    monkeypatch.setattr(saf.compiled, "_load", lambda: (None, "the compiled extension is not available (test)"))
-    monkeypatch.setattr(ops, "_warned", set())
+    monkeypatch.setattr(compiled, "EXTENSION", compiled.Extension(None, "the compiled extension is not available (test)"))
+    monkeypatch.setattr(backends, "_warned", set())
     x, params = random_inputs(2, 2, 5, 8, 4, (3, 1, 1))
     with pytest.warns(UserWarning, match="compiled extension is not available"):
         assert ops.choose_backend("auto", x, torch.float32, (3, 1, 1)) == "reference"
@@ -98,7 +99,7 @@ def test_auto_on_cpu_uses_the_compiled_cpu_kernels_without_warning():
 def test_auto_falls_back_with_one_warning_when_fused_path_cannot_run(monkeypatch):
     x = torch.empty(4, 5, 8)
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))   # a CUDA tensor, as far as it asks
-    monkeypatch.setattr(ops, "_warned", set())
+    monkeypatch.setattr(backends, "_warned", set())
     with pytest.warns(UserWarning, match="falling back"):
         assert ops.choose_backend("auto", x, torch.float32, (3, 3, 3)) == "reference"
     with warnings.catch_warnings():
@@ -176,3 +177,16 @@ def test_meta_tensors_with_a_kernel_backend_say_why_not(backend):
         x = torch.empty(6, 10, 16)
     with pytest.raises((ValueError, RuntimeError), match="meta"):
         adapter(x, 3)
+
+
+def test_conv_reductions_sum_and_split_the_one_partial_sum_layout():
+    """(blocks, kt + 2, Ca) partials: rows 0..kt-1 the weight taps, row kt the conv bias, row kt + 1 the fc1 bias."""
+    from st_adapter_fast.fused import conv_reductions
+    partials = torch.arange(4 * 5 * 6, dtype=torch.float32).view(4, 5, 6)   # 4 blocks, kt = 3, Ca = 6
+    weight, conv_bias, fc1_bias = conv_reductions(partials, torch.bfloat16)
+    sums = partials.sum(0)
+    assert weight.shape == (6, 3) and weight.is_contiguous() and weight.dtype == torch.bfloat16
+    assert torch.equal(weight, sums[:3].t().to(torch.bfloat16))
+    assert torch.equal(conv_bias, sums[3].to(torch.bfloat16)) and torch.equal(fc1_bias, sums[4].to(torch.bfloat16))
+    outputs = conv_reductions(partials, torch.float32)   # op outputs: no two may share memory
+    assert len({t.untyped_storage().data_ptr() for t in outputs}) == 3

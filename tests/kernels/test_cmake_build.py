@@ -9,8 +9,8 @@ import pytest
 
 pytestmark = pytest.mark.compiled
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MARK = "<!-- cmake: tests/test_cmake_build.py runs this block as written (with its own build directory) -->"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MARK = "<!-- cmake: tests/kernels/test_cmake_build.py runs this block as written (with its own build directory) -->"
 
 
 def readme_cmake_block():

@@ -8,10 +8,10 @@ import sys
 import pytest
 
 from st_adapter_fast import cli
-from st_adapter_fast.synthetic import make_synthetic
-from st_adapter_fast.train import TrainConfig, coerce_config_values, load_config_file
+from st_adapter_fast.video.synthetic import make_synthetic
+from st_adapter_fast.video.train import TrainConfig, coerce_config_values, load_config_file
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["--model", "vit_tiny_patch16_224", "--input-size", "32", "--model-kwargs", '{"depth": 1}',
         "--adapter-channels", "8", "--num-frames", "4", "--batch-size", "2", "--no-progress"]
 
@@ -151,7 +151,7 @@ def test_train_warns_and_reports_what_happened(data, tmp_path, capsys):
 
 
 def test_ctrl_c_says_the_checkpoint_is_kept_and_how_to_resume(data, tmp_path, capsys, monkeypatch):
-    from st_adapter_fast import train as train_module
+    from st_adapter_fast.video import train as train_module
     args = ["train", "--train-list", data["train"], "--data-root", data["root"], "--num-classes", "2", *TINY,
             "--steps", "3", "--warmup-steps", "1", "--save-every", "1", "--output-dir", str(tmp_path)]
     assert cli.main(args + ["--stop-at", "1"]) == 0
@@ -164,3 +164,26 @@ def test_ctrl_c_says_the_checkpoint_is_kept_and_how_to_resume(data, tmp_path, ca
     assert "the checkpoint of step 1 is kept" in err and "Traceback" not in err
     resume = err.split("Resume with the same command: ")[1].strip()
     assert resume.startswith("st-adapter-fast train ") and "--no-resume" not in resume and "--save-every 1" in resume
+
+
+def run_without(modules, *args, cwd=None):
+    """The CLI in a fresh interpreter where `modules` cannot be imported, as without the extra that installs them."""
+    code = (f"import sys\nsys.modules.update(dict.fromkeys({tuple(modules)!r}))\n"
+            f"from st_adapter_fast.cli import main\nsys.exit(main({list(args)!r}))")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("command, missing, says", [
+    (["make-synthetic", "out"], ("av",), "make-synthetic needs av, which is not installed"),
+    (["train", "--train-list", "x.txt", "--num-classes", "2"], ("yaml", "timm"), "train needs pyyaml, timm, which are"),
+    (["eval", "runs/a/adapters"], ("tqdm",), "eval needs tqdm"),
+    (["demo", "--out", "out"], ("matplotlib",), "demo needs matplotlib"),
+])
+def test_a_command_without_its_extra_says_which_to_install(command, missing, says, tmp_path):
+    result = run_without(missing, *command, cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"st-adapter-fast: error: {says}"), result.stderr
+    assert lines[0].endswith('pip install "st-adapter-fast[video]"'), result.stderr
+    assert not list(tmp_path.iterdir())   # nothing ran

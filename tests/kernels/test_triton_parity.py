@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import st_adapter_fast as saf
-from st_adapter_fast.parity import TOLERANCE, parity_errors, random_inputs, rel_err
+from st_adapter_fast.bench.parity import TOLERANCE, parity_errors, random_inputs, rel_err
 from conftest import DEVICE
 from parity_checks import (C, CA, check_backward_deterministic, check_double_backward, check_parity,
                            check_prefix_isolation, check_strided_inputs, check_strided_parameters)
@@ -52,7 +52,7 @@ def test_channel_sizes(channels, adapter_channels, poison_empty):
 
 
 def test_strided_input_matches_contiguous(monkeypatch):
-    monkeypatch.setattr(saf.ops, "_warned", set())
+    monkeypatch.setattr(saf.backends, "_warned", set())
     x, params, expected = check_strided_inputs("triton")
     channels_strided = x.transpose(1, 2).contiguous().transpose(1, 2)   # last stride != 1: copied, with a warning
     with pytest.warns(UserWarning, match="contiguous copy"):
@@ -74,6 +74,27 @@ def test_input_is_not_written():
     before = x.detach().clone()
     saf.st_adapter(x, 3, *params, backend="triton").sum().backward()
     assert torch.equal(x.detach(), before)
+
+
+@pytest.mark.parametrize("kernel_t", (1, 3, 7))
+def test_backward_reductions_match_the_compiled_kernels(kernel_t):
+    """Both kernel families write their partial sums in one layout, (blocks, kt + 2, Ca): Triton's summed and
+    split by fused.conv_reductions give the compiled op's conv-weight, conv-bias and fc1-bias gradients."""
+    from st_adapter_fast.kernels.triton.adapter import TRITON_KERNELS
+    gen = torch.Generator().manual_seed(kernel_t)
+    frames, num_frames, tokens, ca = 6, 3, 37, CA   # 37 tokens: three blocks, the last one partial
+    h, grad_a = (torch.randn(frames, tokens, ca, generator=gen).to(DEVICE) for _ in range(2))
+    weight = torch.randn(ca, kernel_t, generator=gen).to(DEVICE)
+    bias = torch.randn(ca, generator=gen).to(DEVICE)
+    a, grad_h = torch.empty_like(h), torch.empty_like(h)
+    ours = TRITON_KERNELS.conv_act_backward(g_patch=grad_a, fc2_weight=torch.empty(C, ca, device=DEVICE), h=h,
+                                            conv_weight=weight, conv_bias=bias, a=a, grad_h=grad_h,
+                                            num_frames=num_frames, activation="gelu")
+    expected = torch.ops.st_adapter_fast.temporal_conv_act_backward(grad_a, h, weight, bias, num_frames, "gelu")
+    torch.testing.assert_close(grad_h, expected[0], rtol=1e-5, atol=1e-5)
+    for name, got, want in zip(("conv.weight", "conv.bias", "fc1.bias"), ours, expected[2:]):
+        assert got.shape == want.shape and got.dtype == want.dtype, name
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4, msg=lambda m: f"{name}: {m}")
 
 
 def test_backward_is_deterministic():
@@ -100,7 +121,7 @@ def test_autocast_matches_reference_dtype_behaviour(dtype):
 
 
 def test_saved_bytes_at_most_half_of_reference():
-    """Activations saved for backward other than x (the measure DESIGN.md sets: x is the block's input).
+    """Activations saved for backward other than x (the measure the README's numbers use: x is the block's input).
     Counting x, see test_saved_bytes_counting_x."""
     x, params = random_inputs(2, 8, 17, C, CA, (3, 1, 1), device=DEVICE)
     x = x.float().requires_grad_()
@@ -146,7 +167,7 @@ def test_saved_bytes_counting_x(autocast):
 @pytest.mark.parametrize("kernel_t", (1, 3, 7))
 def test_fused_gemm_variant(kernel_t, activation, dtype, monkeypatch, poison_empty):
     """The variant that computes the down-projection (and grad_a) inside the conv kernels."""
-    from st_adapter_fast.triton import adapter as triton_adapter
+    from st_adapter_fast.kernels.triton import adapter as triton_adapter
     monkeypatch.setattr(triton_adapter, "FUSED_GEMM", True)
     check_parity(2, 3, kernel_t, activation, dtype)
     check_parity(1, 8, kernel_t, activation, dtype, prefix=0, grid=(5, 5))
@@ -166,14 +187,14 @@ def test_double_backward_matches_reference(via_custom_op):
 
 @pytest.mark.parametrize("fused_gemm", [False, True])
 def test_strided_parameters(fused_gemm, monkeypatch):
-    from st_adapter_fast.triton import adapter as triton_adapter
+    from st_adapter_fast.kernels.triton import adapter as triton_adapter
     monkeypatch.setattr(triton_adapter, "FUSED_GEMM", fused_gemm)
     check_strided_parameters("triton")
 
 
 @pytest.mark.parametrize("fused_gemm, autocast_dtype", [(False, None), (True, None), (False, torch.bfloat16)])
 def test_prefix_tokens_isolated_from_non_finite_values(fused_gemm, autocast_dtype, monkeypatch):
-    from st_adapter_fast.triton import adapter as triton_adapter
+    from st_adapter_fast.kernels.triton import adapter as triton_adapter
     monkeypatch.setattr(triton_adapter, "FUSED_GEMM", fused_gemm)
     check_prefix_isolation("triton", autocast_dtype=autocast_dtype)
 

@@ -1,0 +1,266 @@
+"""Video data as the authors read it: list files, PyAV decoding, frame sampling, transforms, a Dataset.
+
+A list file has one video per line, `<relative/path/to/video> <int label>`, paths relative to a root
+directory. A clip is `num_frames` frames picked either evenly over the whole video (`sampling_rate=None`,
+one frame per segment: a random frame of each segment in training, the segment's middle in eval) or every
+`sampling_rate`-th frame from a start point (random in training, evenly spaced views in eval). Frames are
+resized, cropped, optionally flipped and normalised with the CLIP mean/std; a clip is a float32 tensor
+(3, T, H, W).
+
+Unreadable videos never stop a run: the dataset returns them with clip=None, `collate_clips` drops
+them and reports their paths, and the training and eval loops count and report them. A listed video
+that does not exist is an error when the list is read (a wrong root would otherwise skip everything).
+"""
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One line of a list file: the video's full path, its label and where it was listed."""
+
+    path: str
+    label: int
+    source: str   # "list.txt:12", for error messages
+
+
+def read_video_list(list_path, root, num_classes=None):
+    """Parse a list file of `<relative/path> <int label>` lines (blank lines ignored) into VideoRecords.
+
+    Raises FileNotFoundError if the list file or a listed video does not exist, and ValueError naming
+    the file and line for a malformed line or a label outside [0, num_classes).
+    """
+    if not os.path.isfile(list_path):
+        raise FileNotFoundError(f"video list file not found: {list_path}")
+    records = []
+    with open(list_path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{list_path}:{number}"
+            records.append(_parse_line(line, root, where, num_classes))
+    if not records:
+        raise ValueError(f"{list_path}: the list has no videos")
+    missing = [r for r in records if not os.path.exists(r.path)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} listed video(s) not found under root {root!r}, first: "
+                                + "; ".join(f"{r.source}: {r.path}" for r in missing[:3]))
+    return records
+
+
+def _parse_line(line, root, where, num_classes):
+    # The path may contain spaces; the label is the last field (after a space or a tab).
+    fields = line.rsplit(maxsplit=1)
+    if len(fields) != 2:
+        raise ValueError(f"{where}: expected '<relative/path/to/video> <int label>', got {line.strip()!r}")
+    path, label = fields
+    try:
+        label = int(label)
+    except ValueError:
+        raise ValueError(f"{where}: label {label!r} is not an integer") from None
+    if label < 0 or (num_classes is not None and label >= num_classes):
+        raise ValueError(f"{where}: label {label} is outside [0, {num_classes if num_classes else 'inf'})")
+    return VideoRecord(os.path.join(root, path.strip()), label, where)
+
+
+def decode_video(path, choose_indices=None):
+    """Frames of the first video stream of `path` as uint8 (N, H, W, 3) RGB: all of them, or those at
+    `choose_indices(frame_count)` (an int array, repeats allowed). When the container states its frame
+    count, decoding stops after the last frame needed and only the chosen frames are converted to RGB.
+    Raises on a file that cannot be decoded."""
+    import av
+    from av.video.reformatter import VideoReformatter
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        # one decoder thread: DataLoader workers decode in parallel, and thread start-up costs more
+        # than it saves on short clips
+        stream.thread_count = 1
+        wanted = choose_indices(stream.frames) if choose_indices and stream.frames > 0 else None
+        decoded = []
+        for frame in container.decode(stream):
+            decoded.append(frame)
+            if wanted is not None and len(decoded) > wanted.max():
+                break
+    if not decoded:
+        raise ValueError(f"{path}: no decodable video frames")
+    if choose_indices is None:
+        wanted = range(len(decoded))
+    elif wanted is None or wanted.max() >= len(decoded):   # no stated count, or a wrong one
+        wanted = choose_indices(len(decoded))
+    reformatter = VideoReformatter()   # one for all frames: keeps its conversion context between frames
+    return np.stack([reformatter.reformat(decoded[i], format="rgb24").to_ndarray() for i in wanted])
+
+
+def sample_frame_indices(num_total, num_frames, sampling_rate=None, *, rng=None, view=0, num_views=1):
+    """Indices of the `num_frames` frames of one clip from a video of `num_total` frames.
+
+    sampling_rate=None: the video is cut into num_frames equal segments and one frame is taken from each,
+    at a random position (rng given, training) or at fraction (view + 0.5) / num_views of the segment.
+    sampling_rate=r: frames start, start + r, ...; start is random (training) or the view-th of num_views
+    evenly spaced starts. Indices past the end repeat the last frame.
+    """
+    if num_total < 1 or num_frames < 1:
+        raise ValueError(f"need at least one frame, got num_total={num_total}, num_frames={num_frames}")
+    if sampling_rate is None:
+        segment = num_total / num_frames
+        if rng is not None:
+            offsets = rng.random(num_frames)
+        else:
+            offsets = np.full(num_frames, (view + 0.5) / num_views)
+        positions = (np.arange(num_frames) + offsets) * segment
+    else:
+        span = (num_frames - 1) * sampling_rate + 1
+        room = max(num_total - span, 0)
+        if rng is not None:
+            start = rng.integers(0, room + 1)
+        else:
+            start = round(room * (view + 0.5) / num_views)
+        positions = start + np.arange(num_frames) * sampling_rate
+    return np.minimum(positions.astype(np.int64), num_total - 1)
+
+
+def transform_clip(frames, size, *, rng=None, flip=True, scale=(0.5, 1.0), crop_position=0.5,
+                   mean=CLIP_MEAN, std=CLIP_STD):
+    """uint8 (T, H, W, 3) frames -> normalised float32 (3, T, size, size).
+
+    Training (rng given): a random square crop covering `scale` of the shorter side's square, resized to
+    `size`, and a horizontal flip with probability 1/2 if `flip`. Eval: the shorter side resized to
+    `size` and a `size` crop at `crop_position` (0: left/top, 0.5: centre, 1: right/bottom) along the
+    longer side. The same crop and flip apply to every frame of the clip.
+    """
+    clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()   # (T, 3, H, W)
+    height, width = clip.shape[-2:]
+    short = min(height, width)
+    if rng is not None:
+        side = max(1, int(round(short * np.sqrt(rng.uniform(*scale)))))
+        top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
+        clip = _resize(clip[:, :, top:top + side, left:left + side], size, size)
+        if flip and rng.random() < 0.5:
+            clip = clip.flip(-1)
+    else:
+        new_h, new_w = (size, max(size, round(width * size / height))) if height <= width else \
+            (max(size, round(height * size / width)), size)
+        clip = _resize(clip, new_h, new_w)
+        top, left = round((new_h - size) * crop_position), round((new_w - size) * crop_position)
+        clip = clip[:, :, top:top + size, left:left + size]
+    clip = clip / 255.0
+    clip = (clip - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    return clip.transpose(0, 1).contiguous()
+
+
+def _resize(clip, height, width):
+    if tuple(clip.shape[-2:]) == (height, width):
+        return clip
+    return F.interpolate(clip, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+
+
+class VideoDataset(torch.utils.data.Dataset):
+    """Clips of the videos in a list file.
+
+    Training (`train=True`): item `(index, epoch)` gives one randomly sampled and augmented clip; its
+    randomness comes from (seed, epoch, index) only, so a run gives the same clips whatever the number
+    of DataLoader workers and after a resume. Eval: item `index` gives `num_views * num_crops` clips
+    (temporal views x spatial crops), stacked as (V, 3, T, H, W).
+
+    Returns a dict (clip, label, path, error); for a video that cannot be decoded, clip is None and
+    error says why.
+    """
+
+    def __init__(self, list_path, root, *, num_frames=8, sampling_rate=None, size=224, train=True,
+                 num_views=1, num_crops=1, flip=True, num_classes=None, seed=0):
+        if num_crops not in (1, 3):
+            raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+        self.records = read_video_list(list_path, root, num_classes)
+        self.num_frames, self.sampling_rate, self.size = num_frames, sampling_rate, size
+        self.train, self.num_views, self.num_crops, self.flip, self.seed = train, num_views, num_crops, flip, seed
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, key):
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        record = self.records[index]
+        rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
+        views = 1 if self.train else self.num_views
+
+        def choose(frame_count):   # the frames of every view, one after the other
+            return np.concatenate([sample_frame_indices(frame_count, self.num_frames, self.sampling_rate, rng=rng,
+                                                        view=view, num_views=views) for view in range(views)])
+
+        try:
+            frames = decode_video(record.path, choose)
+        except Exception as error:   # any decoder failure: the video is reported and skipped
+            return dict(clip=None, label=record.label, path=record.path, error=f"{type(error).__name__}: {error}")
+        if self.train:
+            clip = transform_clip(frames, self.size, rng=rng, flip=self.flip)
+        else:
+            crops = [0.5] if self.num_crops == 1 else [0.0, 0.5, 1.0]
+            clip = torch.stack([transform_clip(frames[view * self.num_frames:(view + 1) * self.num_frames],
+                                               self.size, crop_position=crop)
+                                for view in range(views) for crop in crops])
+        return dict(clip=clip, label=record.label, path=record.path, error=None)
+
+
+def collate_clips(items):
+    """Batch the decodable items: dict(clip, label) tensors plus `skipped`, [(path, error)] of the rest."""
+    good = [item for item in items if item["clip"] is not None]
+    skipped = [(item["path"], item["error"]) for item in items if item["clip"] is None]
+    if not good:
+        return dict(clip=None, label=None, skipped=skipped)
+    return dict(clip=torch.stack([item["clip"] for item in good]),
+                label=torch.tensor([item["label"] for item in good]), skipped=skipped)
+
+
+class SkipCounter:
+    """Counts unreadable videos and warns once per path."""
+
+    def __init__(self):
+        self.paths = {}
+
+    def add(self, skipped):
+        for path, error in skipped:
+            if path not in self.paths:
+                warnings.warn(f"skipping unreadable video {path} ({error}); {len(self.paths) + 1} skipped so far",
+                              stacklevel=2)
+            self.paths[path] = error
+
+    def __len__(self):
+        return len(self.paths)
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """This rank's share of a seeded permutation per epoch, from any position, yielding (index, epoch).
+
+    Like DistributedSampler (padding the permutation by repetition so every rank gets as many items),
+    plus `set_position(epoch, start)` to continue in the middle of an epoch after a resume.
+    """
+
+    def __init__(self, size, *, shuffle=True, seed=0, rank=0, world_size=1):
+        self.size, self.shuffle, self.seed, self.rank, self.world_size = size, shuffle, seed, rank, world_size
+        self.epoch, self.start = 0, 0
+
+    def set_position(self, epoch, start=0):
+        self.epoch, self.start = epoch, start
+
+    def _local_indices(self):
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.size)
+        padded = -(-self.size // self.world_size) * self.world_size
+        order = torch.cat([order, order[:padded - self.size]]) if padded > self.size else order
+        return order[self.rank::self.world_size].tolist()
+
+    def __iter__(self):
+        return iter([(i, self.epoch) for i in self._local_indices()[self.start:]])
+
+    def __len__(self):
+        return max(len(self._local_indices()) - self.start, 0)

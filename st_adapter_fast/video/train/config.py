@@ -1,0 +1,309 @@
+"""The training run's configuration: `TrainConfig` (every field a flag and a config-file key, each value
+checked), its conversion from YAML/JSON files and command-line flags, and what may differ on resume."""
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+
+from ...integrations.timm import AUTHORS_POOLING, PLACEMENTS, POOLINGS, check_timm_model_name
+from ...ops import BACKENDS
+from ...validation import check_kernel_size
+
+
+def default_num_workers():
+    """DataLoader workers per process by default: the CPU cores this process may use, at most 4."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:   # not on Linux
+        cores = os.cpu_count() or 1
+    return min(4, cores)
+
+
+def _option(help, default_text=None, **checks):
+    """Field metadata: its help, how --help shows its default (when not the value itself) and the checks
+    that TrainConfig applies to it wherever it came from (choices, minimum, maximum)."""
+    return dict(help=help, default_text=default_text, **checks)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; every field is also a command-line flag (`--field-name`) and a key of
+    a YAML/JSON config file. Values are checked on construction: a ValueError names the field."""
+
+    # data
+    train_list: str = field(default=None, metadata=_option("list file of training videos", "required"))
+    val_list: str = field(default=None, metadata=_option("list file of validation videos", "none: no eval"))
+    data_root: str = field(default=".", metadata=_option("directory the list files' paths are relative to"))
+    num_classes: int = field(default=None, metadata=_option("number of classes", "required", minimum=1))
+    num_frames: int = field(default=8, metadata=_option("frames per clip", minimum=1))
+    sampling_rate: int = field(default=None, metadata=_option(
+        "take every r-th frame", "frames evenly covering the whole video", minimum=1))
+    input_size: int = field(default=224, metadata=_option("side of the square input frames", minimum=1))
+    flip: bool = field(default=True, metadata=_option("random horizontal flips in training"))
+    eval_views: int = field(default=1, metadata=_option("temporal views per video in eval", minimum=1))
+    eval_crops: int = field(default=1, metadata=_option("spatial crops per view in eval", choices=(1, 3)))
+    num_workers: int = field(default_factory=default_num_workers, metadata=_option(
+        "DataLoader worker processes per rank", f"the cores available, at most 4: {default_num_workers()} here",
+        minimum=0))
+    # model
+    model: str = field(default="vit_base_patch16_clip_224", metadata=_option(
+        "timm model name (a VisionTransformer)"))
+    model_kwargs: dict = field(default_factory=dict, metadata=_option(
+        "JSON dict of extra timm.create_model arguments, e.g. '{\"depth\": 4}'"))
+    backbone_checkpoint: str = field(default=None, metadata=_option(
+        "local file with the backbone's pretrained weights", "random init"))
+    adapter_channels: int = field(default=384, metadata=_option("adapter bottleneck width Ca", minimum=1))
+    kernel_size: typing.List[int] = field(default_factory=lambda: [3, 1, 1], metadata=_option(
+        "adapter conv kernel kt kh kw (odd)"))
+    placement: typing.List[str] = field(default_factory=lambda: ["mlp"], metadata=_option(
+        "adapter places in a block: attn and/or mlp ('mlp' needs timm's ViT Block: use attn for EVA / RoPE ViTs)",
+        choices=PLACEMENTS))
+    adapter_layers: typing.List[int] = field(default=None, metadata=_option(
+        "block indices that get adapters", "every block"))
+    activation: str = field(default="gelu", metadata=_option(
+        "adapter activation (none: the authors' release)", choices=("gelu", "quick_gelu", "none")))
+    pooling: str = field(default=AUTHORS_POOLING, metadata=_option(
+        "mean_then_norm (the authors': pooled token averaged over time, then the final norm) or "
+        "norm_then_mean (per-frame normed features averaged)", choices=POOLINGS))
+    authors_checkpoint: str = field(default=None, metadata=_option(
+        "local file of the authors' released video model (adapters, backbone, head) to start from; "
+        "needs a QuickGELU CLIP model, activation none and pooling mean_then_norm"))
+    backend: str = field(default="auto", metadata=_option(
+        "adapter backend: auto (the compiled kernels of the tensors' device, else the Triton kernels on a GPU, "
+        "else the reference with a one-time warning saying why), cpu / cuda (the compiled kernels), triton, "
+        "reference (the authors' PyTorch computation)", choices=BACKENDS))
+    linear_probe: bool = field(default=False, metadata=_option(
+        "train the head only: adapters stay at their identity init (a plain frozen image model)"))
+    dropout: float = field(default=0.5, metadata=_option("dropout before the head", minimum=0.0, maximum=1.0))
+    # optimisation
+    batch_size: int = field(default=8, metadata=_option("clips per process and micro-step", minimum=1))
+    accum_steps: int = field(default=1, metadata=_option("micro-steps per optimizer step", minimum=1))
+    steps: int = field(default=1000, metadata=_option("optimizer steps", minimum=1))
+    warmup_steps: int = field(default=100, metadata=_option(
+        "linear warmup steps before the cosine decay", minimum=0))
+    lr: float = field(default=3e-4, metadata=_option("peak learning rate", minimum=0.0))
+    weight_decay: float = field(default=0.05, metadata=_option("AdamW weight decay (not on biases)", minimum=0.0))
+    amp: str = field(default="none", metadata=_option("autocast dtype", choices=("none", "bf16", "fp16")))
+    backbone_fp32: bool = field(default=False, metadata=_option(
+        "keep the frozen backbone's weights in fp32 under --amp, not in the amp dtype (as the authors keep "
+        "theirs in fp16)"))
+    grad_checkpointing: bool = field(default=False, metadata=_option(
+        "recompute each backbone block in backward instead of keeping its activations (less memory, "
+        "more time)"))
+    seed: int = field(default=0, metadata=_option("seed of init, data order and augmentation"))
+    device: str = field(default=None, metadata=_option("cpu, cuda or cuda:N", "cuda if available"))
+    # bookkeeping
+    output_dir: str = field(default="runs/st-adapter", metadata=_option("where checkpoints and results go"))
+    save_every: int = field(default=0, metadata=_option(
+        "checkpoint every N steps (0: only at the end)", minimum=0))
+    eval_every: int = field(default=0, metadata=_option("evaluate every N steps (0: only at the end)", minimum=0))
+    log_every: int = field(default=10, metadata=_option("log.jsonl line every N steps", minimum=1))
+    resume: bool = field(default=True, metadata=_option(
+        "continue from output_dir/checkpoint.pt if present; --no-resume starts over, deleting the previous "
+        "run's checkpoint.pt, log.jsonl, metrics.json and adapters/ in output_dir"))
+    stop_at: int = field(default=None, metadata=_option(
+        "stop after this step with a checkpoint, as if preempted; the schedule still spans --steps",
+        "run to --steps", minimum=1))
+    progress: bool = field(default=True, metadata=_option("progress bars (rank 0)"))
+
+    def __post_init__(self):
+        values = coerce_config_values({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, "config")
+        for f in dataclasses.fields(self):
+            value = values[f.name]
+            setattr(self, f.name, value)
+            for item in value if isinstance(value, list) else [] if value is None else [value]:
+                _check_value(f, item)
+        if not self.placement:
+            raise ValueError(f"{config_key('placement')} needs at least one of {PLACEMENTS}")
+        try:
+            check_kernel_size(self.kernel_size)
+        except ValueError as error:
+            raise ValueError(f"{config_key('kernel_size')}: {error}") from None
+        try:
+            check_timm_model_name(self.model)
+        except ValueError as error:
+            raise ValueError(f"{config_key('model')}: {error}") from None
+        if self.authors_checkpoint and self.pooling != AUTHORS_POOLING:
+            raise ValueError(f"{config_key('authors_checkpoint')} needs pooling {AUTHORS_POOLING!r} (the authors' "
+                             f"order), got {self.pooling!r}")
+
+    @classmethod
+    def from_dict(cls, values, source="config"):
+        """A config from a dict of field values (e.g. a YAML/JSON file's), each converted to its field's type
+        where that is safe (`lr: 3e-3`, a string to YAML, becomes a float; a single `placement: mlp`
+        a list); an unknown key or a value that does not convert raises ValueError naming `source` and
+        the key."""
+        return cls(**coerce_config_values(values, source))
+
+
+def config_key(name):
+    """How errors name a field: the config key and its flag."""
+    return f"{name} (--{name.replace('_', '-')})"
+
+
+def _check_value(f, value):
+    checks = f.metadata
+    if checks.get("choices") is not None and value not in checks["choices"]:
+        raise ValueError(f"{config_key(f.name)} must be one of {', '.join(map(str, checks['choices']))}, got {value!r}")
+    if checks.get("minimum") is not None and value < checks["minimum"]:
+        raise ValueError(f"{config_key(f.name)} must be >= {checks['minimum']}, got {value!r}")
+    if checks.get("maximum") is not None and value > checks["maximum"]:
+        raise ValueError(f"{config_key(f.name)} must be <= {checks['maximum']}, got {value!r}")
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+               dict: "a mapping (JSON object)"}
+
+
+def _convert(kind, value):
+    """`value` as `kind` (bool, int, float, str or dict), converting only what means the same (the string
+    "3e-3" to a float, 8.0 to an int, "true" to a bool, a JSON string to a dict); else ValueError."""
+    if kind is bool and isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+        return value.lower() in _TRUE
+    if kind in (int, float) and isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            value = float(value)   # a ValueError here too: not a number
+    if kind in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if kind is float:
+            return float(value)
+        if isinstance(value, int) or value.is_integer():
+            return int(value)
+    if kind is dict and isinstance(value, str):
+        value = json.loads(value)   # json.JSONDecodeError is a ValueError
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise ValueError(f"not a {kind.__name__}")
+
+
+def coerce_config_values(values, source):
+    """`values` with each converted to its TrainConfig field's type (see TrainConfig.from_dict)."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{source}: unknown config keys {unknown}")
+    hints = typing.get_type_hints(TrainConfig)
+    out = {}
+    for name, value in values.items():
+        kind = hints[name]
+        is_list = typing.get_origin(kind) is list
+        item_kind = typing.get_args(kind)[0] if is_list else kind
+        if value is None:
+            if fields[name].default is not None:
+                raise ValueError(f"{source}: {name}: must be given, got None")
+            out[name] = None
+            continue
+        items = list(value) if is_list and isinstance(value, (list, tuple)) else [value]
+        try:
+            converted = [_convert(item_kind, item) for item in items]
+        except ValueError:
+            expected = ("a list of " if is_list else "") + _KIND_NAMES[item_kind]
+            raise ValueError(f"{source}: {name}: expected {expected}, got {value!r}") from None
+        out[name] = converted if is_list else converted[0]
+    return out
+
+
+def config_warnings(config):
+    """What in `config` is legal but probably not what was meant (the CLI prints these)."""
+    messages = []
+    if not config.backbone_checkpoint and not config.authors_checkpoint:
+        messages.append(f"the backbone {config.model} is randomly initialised (no --backbone-checkpoint or "
+                        "--authors-checkpoint): fine to try the tool, not for real accuracy")
+    if config.steps <= config.warmup_steps:
+        messages.append(f"--steps {config.steps} <= --warmup-steps {config.warmup_steps}: the learning rate never "
+                        f"leaves its linear warm-up (it reaches {config.steps}/{config.warmup_steps} of "
+                        f"--lr {config.lr:g})")
+    return messages
+
+
+# Fields that do not change what a run computes: they may differ when resuming.
+BOOKKEEPING_FIELDS = {"num_workers", "output_dir", "save_every", "eval_every", "log_every", "resume", "stop_at",
+                "progress", "val_list", "eval_views", "eval_crops"}
+# What `eval` uses of a config besides the run's own (its flags).
+EVAL_FIELDS = ("val_list", "data_root", "eval_views", "eval_crops", "batch_size", "num_workers", "amp", "backend",
+               "device", "progress")
+# Paths that train_config.json stores absolute, so that eval works from any directory.
+_PATH_FIELDS = ("train_list", "val_list", "data_root", "backbone_checkpoint", "authors_checkpoint", "output_dir")
+
+
+def load_config_file(path):
+    """The values of a YAML (.yaml/.yml) or JSON config file, each converted to its field's type (see
+    TrainConfig.from_dict); errors name the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+        load, errors = (lambda f: yaml.safe_load(f) or {}), (ValueError, yaml.YAMLError)
+    else:   # JSON (train_config.json too: from_pretrained reads it without the [video] extra's PyYAML)
+        load, errors = json.load, ValueError
+    with open(path) as f:
+        try:
+            values = load(f)
+        except errors as error:
+            raise ValueError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} "
+                             f"({' '.join(str(error).split())})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
+    return coerce_config_values(values, path)
+
+
+def add_config_arguments(parser, only=None, default_text=None):
+    """One `--field-name` flag per TrainConfig field (or per field in `only`; lists take several values,
+    dicts a JSON string, bools --x/--no-x), with its default in the help (or `default_text` for every
+    flag), plus `--config FILE` (YAML or JSON) unless `only` is given. Flags not given stay out of the
+    namespace."""
+    import argparse
+    if only is None:
+        parser.add_argument("--config", help="YAML or JSON file of config keys (flag names with underscores); "
+                                             "flags override it")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if only is not None and f.name not in only:
+            continue
+        kind = hints[f.name]
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        shown = default_text or f.metadata.get("default_text") or (
+            " ".join(map(str, default)) if isinstance(default, list)
+            else json.dumps(default) if isinstance(default, dict) else "none" if default is None else default)
+        options = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {shown})")
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif kind is dict:
+            options["type"] = _json_object
+            options["metavar"] = "JSON"
+        elif typing.get_origin(kind) is list:
+            options.update(nargs="+", type=typing.get_args(kind)[0])
+        else:
+            options["type"] = kind
+        if f.metadata.get("choices") and kind is not bool:
+            options["choices"] = f.metadata["choices"]
+        parser.add_argument("--" + f.name.replace("_", "-"), **options)
+
+
+def _json_object(text):
+    import argparse
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON ({error}): expected an object, e.g. '{{\"depth\": 4}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, e.g. '{{\"depth\": 4}}', got {text}")
+    return value
+
+
+def config_values_from_args(args):
+    """The config keys of a namespace from `add_config_arguments`: the --config file's, then the flags'."""
+    values = load_config_file(args.config) if getattr(args, "config", None) else {}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return values
+
+
+def absolute_paths(config):
+    """`config` as a dict with its paths made absolute (train_config.json: eval then works from anywhere)."""
+    values = dataclasses.asdict(config)
+    values.update({name: os.path.abspath(values[name]) for name in _PATH_FIELDS if values[name]})
+    return values

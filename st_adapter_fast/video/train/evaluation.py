@@ -1,0 +1,65 @@
+"""Evaluation: top-1/top-5 over views and crops on a validation list, and of a saved run's adapters."""
+import os
+
+import torch
+
+from ...checkpoint import TRAIN_CONFIG_NAME
+from ..data import SkipCounter, VideoDataset, collate_clips
+from .config import TrainConfig, config_key, load_config_file
+from .distributed import all_reduce_sum, setup_distributed
+from .model import autocast, build_model
+
+
+@torch.no_grad()
+def evaluate(model, config, device, rank=0, world_size=1):
+    """Top-1/top-5 (%) on `config.val_list`, scores averaged over the views and crops of each video;
+    each rank scores a disjoint share. Unreadable videos are counted in `skipped`, not in `videos`."""
+    dataset = VideoDataset(config.val_list, config.data_root, num_frames=config.num_frames,
+                           sampling_rate=config.sampling_rate, size=config.input_size, train=False,
+                           num_views=config.eval_views, num_crops=config.eval_crops,
+                           num_classes=config.num_classes)
+    share = torch.utils.data.Subset(dataset, range(rank, len(dataset), world_size))
+    loader = torch.utils.data.DataLoader(share, batch_size=config.batch_size, collate_fn=collate_clips,
+                                         num_workers=config.num_workers, pin_memory=device.type == "cuda")
+    was_training = model.training
+    model.eval()
+    skips, top1, top5, videos = SkipCounter(), 0, 0, 0
+    from tqdm import tqdm
+    for batch in tqdm(loader, desc="eval", unit="batch", leave=False, disable=rank != 0 or not config.progress):
+        skips.add(batch["skipped"])
+        if batch["clip"] is None:
+            continue
+        clips, labels = batch["clip"].to(device), batch["label"].to(device)
+        with autocast(config, device):
+            logits = model(clips.flatten(0, 1)).float()
+        scores = logits.softmax(-1).view(len(labels), -1, logits.shape[-1]).mean(1)
+        best = scores.topk(min(5, scores.shape[-1]), dim=-1).indices
+        top1 += (best[:, 0] == labels).sum().item()
+        top5 += (best == labels[:, None]).any(-1).sum().item()
+        videos += len(labels)
+    model.train(was_training)
+    top1, top5, videos, skipped = all_reduce_sum([top1, top5, videos, len(skips)], device, world_size)
+    return dict(top1=100.0 * top1 / max(videos, 1), top5=100.0 * top5 / max(videos, 1), videos=int(videos),
+                skipped=int(skipped), listed=len(dataset))
+
+
+def format_metrics(metrics):
+    """One line for an evaluate() result."""
+    return (f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}% on {metrics['videos']} of "
+            f"{metrics['listed']} videos ({metrics['skipped']} unreadable, skipped)")
+
+
+def evaluate_adapters(adapters_dir, overrides=None):
+    """Build the model that `adapters_dir` (a run's adapters/ folder with train_config.json) was trained
+    as, load its adapters and head, and evaluate on `overrides["val_list"]` or the run's val_list."""
+    from ...checkpoint import load_adapters
+    config_path = os.path.join(adapters_dir, TRAIN_CONFIG_NAME)
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{config_path} not found: expected the adapters/ folder of a train run")
+    values = dict(load_config_file(config_path), **(overrides or {}))
+    config = TrainConfig.from_dict(values, source=config_path)
+    if not config.val_list:
+        raise ValueError(f"eval needs {config_key('val_list')}: the run had none")
+    rank, world_size, device = setup_distributed(config.device)
+    model = load_adapters(build_model(config), adapters_dir).to(device)
+    return evaluate(model, config, device, rank, world_size)

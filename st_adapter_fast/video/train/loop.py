@@ -1,0 +1,209 @@
+"""The training run: `train(config)` (data, model, optimizer, resume, steps, periodic evals and checkpoints, the
+adapter-only result and final eval), one optimizer step (`train_step`) and one micro-batch (`forward_backward`),
+and the files a run writes to output_dir."""
+import contextlib
+import json
+import os
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...checkpoint import TRAIN_CONFIG_NAME
+from ...measure import compute_dtype_name, linear_compute_dtypes
+from ..data import SkipCounter, read_video_list
+from .checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .config import absolute_paths, config_key
+from .distributed import setup_distributed
+from .evaluation import evaluate, format_metrics
+from .loader import iterate_batches, make_train_loader
+from .model import autocast, build_model, build_optimizer
+
+LOG_NAME, METRICS_NAME, ADAPTERS_NAME = "log.jsonl", "metrics.json", "adapters"
+RUN_FILES = (CHECKPOINT_NAME, LOG_NAME, METRICS_NAME, ADAPTERS_NAME)   # what a run writes to output_dir
+
+
+def forward_backward(model, batch, config, scaler, device, loss_scale):
+    """Loss of one micro-batch times `loss_scale`, backpropagated. Returns (loss, correct, clips).
+    A micro-batch whose videos were all unreadable still runs (on zeros, with zero loss) so that every
+    DDP rank takes part in the gradient all-reduce."""
+    if batch["clip"] is None:
+        size = config.input_size
+        clips = torch.zeros(1, 3, config.num_frames, size, size, device=device)
+        labels, weight = torch.zeros(1, dtype=torch.long, device=device), 0.0
+    else:
+        clips = batch["clip"].to(device, non_blocking=True)
+        labels, weight = batch["label"].to(device, non_blocking=True), 1.0
+    with autocast(config, device):
+        logits = model(clips)
+    loss = F.cross_entropy(logits.float(), labels) * weight
+    scaler.scale(loss * loss_scale).backward()
+    correct = (logits.argmax(-1) == labels).sum().item() if weight else 0
+    return loss.item(), correct, len(labels) if weight else 0
+
+
+def train_step(model, batches, optimizer, scheduler, scaler, config, device, skips):
+    """One optimizer step over `accum_steps` micro-batches; gradients are all-reduced on the last only.
+    Returns (mean loss, correct, clips)."""
+    optimizer.zero_grad(set_to_none=True)
+    losses, correct, clips = [], 0, 0
+    for micro in range(config.accum_steps):
+        batch = next(batches)
+        skips.add(batch["skipped"])
+        last = micro == config.accum_steps - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            loss, c, n = forward_backward(model, batch, config, scaler, device, 1.0 / config.accum_steps)
+        losses.append(loss)
+        correct, clips = correct + c, clips + n
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return sum(losses) / len(losses), correct, clips
+
+
+def _seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_can_train(config):
+    """ValueError naming what a training run needs and `config` lacks (train_list, num_classes)."""
+    missing = [config_key(name) for name in ("train_list", "num_classes") if getattr(config, name) is None]
+    if missing:
+        raise ValueError(f"train needs {' and '.join(missing)}")
+
+
+def train(config):
+    """Train as `config` says (under torchrun: one process per rank). Returns a dict with `history`
+    (logged steps and evals of this process's run), `metrics` (final eval, if there is a val_list),
+    `parameters` (a ParameterReport), `steps_done`, `wall_time_s` and `model` (the trained VideoClassifier).
+
+    Prints (rank 0) when it resumes, each periodic eval and, with `resume=False`, what it deleted."""
+    from torch.nn.parallel import DistributedDataParallel
+    from tqdm import tqdm
+
+    from ...checkpoint import save_adapters
+    from ...report import parameter_report
+    check_can_train(config)
+    started = time.perf_counter()
+    rank, world_size, device = setup_distributed(config.device)
+    # the data first: a wrong list or root fails in seconds, before a model is built or a step is run
+    loader, sampler = make_train_loader(config, rank, world_size, device)
+    if config.val_list:
+        read_video_list(config.val_list, config.data_root, config.num_classes)
+    model = build_model(config).to(device)
+    _seed_everything(config.seed + rank)   # dropout differs between ranks, as with independent samples
+    trained = DistributedDataParallel(model) if world_size > 1 else model
+    optimizer, scheduler = build_optimizer(model, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+    position = dict(step=0, epoch=0, batch=0)
+    os.makedirs(config.output_dir, exist_ok=True)
+    checkpoint = os.path.join(config.output_dir, CHECKPOINT_NAME)
+    if not config.resume and rank == 0:
+        _remove_previous_run(config.output_dir)
+    if config.resume and os.path.exists(checkpoint):
+        position = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler, config, rank, world_size)
+        _say(rank, f"resumed from step {position['step']} of {config.steps} ({checkpoint})")
+    batches = iterate_batches(loader, sampler, position)
+    log = _Log(os.path.join(config.output_dir, LOG_NAME), enabled=rank == 0)
+    skips, window = SkipCounter(), dict(loss=0.0, correct=0, clips=0, steps=0, time=time.perf_counter())
+    last = min(config.steps, config.stop_at or config.steps)
+    bar = tqdm(total=config.steps, initial=position["step"], desc="train", unit="step",
+               disable=rank != 0 or not config.progress)
+    backbone_dtype = None   # what the backbone's Linear layers computed in, seen by hooks on the first step
+    while position["step"] < last:
+        with linear_compute_dtypes(model.backbone) if backbone_dtype is None else contextlib.nullcontext() as seen:
+            loss, correct, clips = train_step(trained, batches, optimizer, scheduler, scaler, config, device, skips)
+        if backbone_dtype is None:
+            backbone_dtype = log.backbone_compute_dtype = compute_dtype_name(seen)
+        position["step"] += 1
+        step = position["step"]
+        window.update(loss=window["loss"] + loss, correct=window["correct"] + correct,
+                      clips=window["clips"] + clips, steps=window["steps"] + 1)
+        bar.update()
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if step % config.log_every == 0 or step == last:
+            log.write_train(step, window, scheduler.get_last_lr()[0], len(skips))
+            window = dict(loss=0.0, correct=0, clips=0, steps=0, time=time.perf_counter())
+        if (config.save_every and step % config.save_every == 0) or step == last:
+            save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, position, config, rank, world_size)
+        if config.val_list and config.eval_every and step % config.eval_every == 0 and step < config.steps:
+            metrics = evaluate(model, config, device, rank, world_size)
+            log.write(dict(step=step, **metrics))
+            _say(rank, f"step {step}: {format_metrics(metrics)}")
+    bar.close()
+    result = dict(history=log.history, metrics=None, parameters=parameter_report(model), model=model,
+                  skipped_train_videos=len(skips), backbone_compute_dtype=backbone_dtype, steps_done=position["step"])
+    if position["step"] == config.steps:
+        result["metrics"] = _finish(model, config, device, rank, world_size, log, save_adapters)
+    result["wall_time_s"] = time.perf_counter() - started
+    return result
+
+
+def _say(rank, message):
+    """A line for the user on rank 0 (through tqdm, so that a progress bar stays whole)."""
+    if rank == 0:
+        from tqdm import tqdm
+        tqdm.write(message)
+
+
+def _remove_previous_run(output_dir):
+    """--no-resume: delete what an earlier run wrote to output_dir (our files only), saying what."""
+    import shutil
+    removed = []
+    for name in RUN_FILES:
+        path = os.path.join(output_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+            name += "/"
+        elif os.path.exists(path):
+            os.remove(path)
+        else:
+            continue
+        removed.append(name)
+    if removed:
+        _say(0, f"--no-resume: deleted the previous run's {', '.join(removed)} in {output_dir}")
+
+
+def _finish(model, config, device, rank, world_size, log, save_adapters):
+    """Adapter-only result and final eval of a completed run."""
+    metrics = None
+    if rank == 0:
+        path = save_adapters(model, os.path.join(config.output_dir, ADAPTERS_NAME))
+        with open(os.path.join(path, TRAIN_CONFIG_NAME), "w") as f:
+            json.dump(absolute_paths(config), f, indent=1)
+    if config.val_list:
+        metrics = evaluate(model, config, device, rank, world_size)
+        log.write(dict(step=config.steps, **metrics))
+        if rank == 0:
+            with open(os.path.join(config.output_dir, METRICS_NAME), "w") as f:
+                json.dump(metrics, f, indent=1)
+    return metrics
+
+
+class _Log:
+    """log.jsonl lines (rank 0) and the same records in memory."""
+
+    def __init__(self, path, enabled):
+        self.path, self.enabled, self.history = path, enabled, []
+        self.backbone_compute_dtype = None   # reported once, in the next training record
+
+    def write(self, record):
+        if not self.enabled:
+            return
+        self.history.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def write_train(self, step, window, lr, skipped):
+        seconds = time.perf_counter() - window["time"]
+        record = dict(step=step, loss=window["loss"] / window["steps"], lr=lr,
+                      train_acc=100.0 * window["correct"] / max(window["clips"], 1),
+                      clips_per_s=window["clips"] / max(seconds, 1e-9), skipped_videos=skipped)
+        if self.backbone_compute_dtype is not None:
+            record["backbone_compute_dtype"], self.backbone_compute_dtype = self.backbone_compute_dtype, None
+        self.write(record)

@@ -1,0 +1,61 @@
+"""The run's model and optimizer: the VideoClassifier of a config, AdamW with its warmup + cosine schedule,
+and the config's autocast."""
+import math
+import os
+
+import torch
+
+
+AMP_DTYPES = dict(bf16=torch.bfloat16, fp16=torch.float16)
+
+
+def classifier_arguments(config):
+    """The build_video_classifier arguments of `config` (the model part of a run). Under `amp` the frozen
+    backbone's weights are kept in the amp dtype unless `backbone_fp32`; init draws from `config.seed`."""
+    return dict(model_name=config.model, num_classes=config.num_classes, num_frames=config.num_frames,
+                checkpoint_path=config.backbone_checkpoint, dropout=config.dropout,
+                backbone_dtype=None if config.backbone_fp32 else AMP_DTYPES.get(config.amp), pooling=config.pooling,
+                model_kwargs=dict(dict(img_size=config.input_size), **config.model_kwargs), seed=config.seed,
+                adapter_channels=config.adapter_channels, kernel_size=tuple(config.kernel_size),
+                placement=tuple(config.placement), layers=config.adapter_layers,
+                activation=None if config.activation == "none" else config.activation, backend=config.backend)
+
+
+def build_model(config):
+    """The VideoClassifier of `config`, initialised from `config.seed` (the same on every rank), with the
+    authors' checkpoint loaded if there is one."""
+    from ...integrations.timm import build_video_classifier, load_authors_checkpoint
+    model = build_video_classifier(**classifier_arguments(config))
+    if config.authors_checkpoint:
+        load_authors_checkpoint(model, config.authors_checkpoint)
+        model.build_arguments["authors_checkpoint"] = os.path.abspath(config.authors_checkpoint)
+    if config.grad_checkpointing:
+        model.backbone.set_grad_checkpointing(True)
+    if config.linear_probe:
+        for name, p in model.named_parameters():
+            if ".st_adapter_" in name:
+                p.requires_grad_(False)
+    return model
+
+
+def build_optimizer(model, config):
+    """AdamW over the trainable parameters (no weight decay on biases and other 1-D tensors) and a
+    per-step schedule: linear warmup from lr/warmup_steps to lr, then cosine decay to 0 at `steps`."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [dict(params=[p for p in params if p.ndim > 1], weight_decay=config.weight_decay),
+              dict(params=[p for p in params if p.ndim <= 1], weight_decay=0.0)]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr)
+    warmup, total = config.warmup_steps, config.steps
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def autocast(config, device):
+    """The autocast context of `config.amp` on `device` (disabled for amp none)."""
+    dtype = AMP_DTYPES.get(config.amp)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
