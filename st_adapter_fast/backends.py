@@ -148,9 +148,9 @@ def choose_backend(backend, x, compute_dtype, kernel_size):
             error = RuntimeError if forced.extension_missing else ValueError
             raise error(f"backend={backend!r} cannot run this input: {reason}")
         return backend
-    # On a GPU the compiled CUDA kernels come first: they measured faster than the Triton ones on the H100
-    # (ViT-B/16 bf16 fwd+bwd 1.65 vs 2.01 ms; benchmarks/results/). Triton is next where the extension
-    # was built without CUDA.
+    # On a GPU the compiled CUDA kernels come first: they measured faster than the Triton ones (H200, ViT-B/16
+    # bf16 fwd+bwd: 0.951 vs 1.017 ms of GPU time, 2.08 vs 2.49 ms launched; benchmarks/results/nvidia-h200.json).
+    # Triton is next where the extension was built without CUDA.
     candidates = ("cuda", "triton") if x.is_cuda else ("cpu",)
     reasons = []
     for name in candidates:

@@ -12,8 +12,9 @@ from .matmul_residual import matmul_residual_kernel
 from .temporal_conv import down_conv_act_bwd_kernel, down_conv_act_fwd_kernel
 
 # Whether the fused kernels compute the Ca-wide GEMM next to the conv (x @ W1^T forward, g @ W2 backward)
-# or read its result from a cuBLAS call. Both are tested; the default is what measured faster on the H100
-# (benchmarks/results/*profile_fused_vs_cublas.log).
+# or read its result from a cuBLAS call. Both are tested; the default is what measured faster in GPU time
+# (H200, ViT-B/16 bf16, CUDA-graph replays: forward 0.256 ms with cuBLAS against 0.337 fused, fwd+bwd 1.017
+# against 1.118; benchmarks/results/nvidia-h200.json, rows "triton" and "triton, fused down-projection").
 FUSED_GEMM = os.environ.get("ST_ADAPTER_FAST_FUSED_GEMM", "0") == "1"
 
 # Small blocks under the interpreter: fast on the CPU, and small test shapes still span several blocks.
