@@ -4,7 +4,8 @@ graph and its replays are timed, next to the ordinary (CPU-launched) timing of t
     python benchmarks/graph_time.py [--config vit-b16] [--dtype bfloat16]
 
 The gap between the two columns is launch/dispatch overhead, which a model with enough work per
-step hides (or torch.compile / CUDA graphs remove).
+step hides (or torch.compile / CUDA graphs remove). `st-adapter-fast bench` stores the same GPU time in
+every row (graph_ms); this script is the short version for two implementations.
 """
 import argparse
 import os
@@ -16,20 +17,7 @@ import triton.testing
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import st_adapter_fast as saf  # noqa: E402
 from st_adapter_fast.reference import st_adapter_reference  # noqa: E402
-from st_adapter_fast.bench.benchmark import GPU_CONFIGS, adapter_inputs  # noqa: E402
-
-
-def graphed(step):
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    return graph.replay
+from st_adapter_fast.bench.benchmark import GPU_CONFIGS, adapter_inputs, case_step, graph_time_ms  # noqa: E402
 
 
 def main():
@@ -45,17 +33,11 @@ def main():
         clips, frames, tokens, channels, ca = GPU_CONFIGS[config]
         x, params, g = adapter_inputs(clips, frames, tokens, channels, ca, "cuda", dtype)
         for name, fn in impls.items():
-            def fwd():
-                with torch.no_grad():
-                    return fn(x, frames, *params)
-
-            def train():
-                return torch.autograd.grad(fn(x, frames, *params), [x, *params], g)
-            for mode, step in (("fwd", fwd), ("fwd+bwd", train)):
+            for mode in ("fwd", "fwd+bwd"):
+                step = case_step(fn, mode, x, params, g, frames)
                 launched = triton.testing.do_bench(step, warmup=50, rep=300, return_mode="median")
                 try:
-                    replay = graphed(step)
-                    in_graph = f"{triton.testing.do_bench(replay, warmup=50, rep=300, return_mode='median'):10.3f}"
+                    in_graph = f"{graph_time_ms(step):10.3f}"
                 except Exception as e:  # report, keep going
                     in_graph = f"failed: {type(e).__name__}: {str(e)[:80]}"
                 print(f"{config:8s} {name:16s} {mode:8s} {launched:12.3f} {in_graph}", flush=True)
