@@ -1,6 +1,8 @@
 """st-adapter-fast: a fused, drop-in ST-Adapter (Pan et al., NeurIPS 2022) for PyTorch."""
-from .checkpoint import from_pretrained, load_adapters, save_adapters
+from . import video  # noqa: F401 -- lets from_pretrained read a train run's folder (imports no extra)
+from .checkpoint import load_adapters, save_adapters
 from .convert import convert
+from .integrations.pretrained import from_pretrained
 from .integrations.timm import (VideoClassifier, adapter_config, add_st_adapters, build_video_classifier,
                                 disable_adapters, remove_st_adapters, set_num_frames)
 from .module import STAdapter

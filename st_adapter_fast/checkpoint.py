@@ -2,9 +2,11 @@
 Never unpickles.
 
 `adapter_config.json` holds `format_version`, `st_adapter_config` (what add_st_adapters recorded; load_adapters
-requires the model's to be equal), `tensors` (name: shape, dtype) and, for a classifier made by
-build_video_classifier, `video_classifier`: the arguments that rebuild it (timm model name and kwargs,
-classes, frames, dropout, pooling, backbone dtype, seed, adapter arguments), which `from_pretrained` uses.
+requires the model's to be equal), `tensors` (name: shape, dtype) and, for a model that can say how it was
+built (`build_record()`: a classifier made by build_video_classifier), `video_classifier`: the arguments that
+rebuild it (timm model name and kwargs, classes, frames, dropout, pooling, backbone dtype, seed, adapter
+arguments), which `from_pretrained` (integrations/pretrained.py) uses. This module knows no model library:
+what it saves is read from the contract of adapted.py.
 """
 import json
 import os
@@ -12,35 +14,33 @@ import warnings
 
 import torch
 
-from .integrations.timm import VideoClassifier, adapter_config, build_video_classifier
+from .adapted import adapter_config
 from .reference import STAdapterReference
 
 WEIGHTS_NAME = "adapters.safetensors"
 CONFIG_NAME = "adapter_config.json"
 FORMAT_VERSION = 1
 CLASSIFIER_KEY = "video_classifier"
-TRAIN_CONFIG_NAME = "train_config.json"   # written beside the adapters by `train`
 
 
 def checkpoint_parameters(model):
     """The parameters an adapter checkpoint holds, picked by what they are, not by requires_grad: every
-    adapter's (each STAdapter / STAdapterReference inside `model`) and each VideoClassifier's head. A
-    frozen model (`requires_grad_(False)`) gives the same ones; an unfrozen backbone layer is not one."""
+    adapter's (each STAdapter / STAdapterReference inside `model`) and those of the children that a module
+    names in its `checkpoint_children` (a VideoClassifier's head). A frozen model (`requires_grad_(False)`)
+    gives the same ones; an unfrozen backbone layer is not one."""
     modules = list(model.modules())
     wanted = {id(p) for m in modules if isinstance(m, STAdapterReference) for p in m.parameters()}
-    wanted |= {id(p) for m in modules if isinstance(m, VideoClassifier) for p in m.head.parameters()}
+    wanted |= {id(p) for m in modules for child in getattr(m, "checkpoint_children", ())
+               for p in getattr(m, child).parameters()}
     return {name: p for name, p in model.named_parameters() if id(p) in wanted}
 
 
-def _classifier_record(model):
-    """build_video_classifier's arguments for `model` as JSON, with the classifier's current classes,
-    dropout, pooling and backbone dtype; None (with a warning if they are not JSON) when there are none."""
-    arguments = getattr(model, "build_arguments", None)
-    if arguments is None:
+def _build_record(model):
+    """How to rebuild `model` as JSON (its `build_record()`), or None (with a warning if it is not JSON)."""
+    build_record = getattr(model, "build_record", None)
+    record = build_record() if build_record is not None else None
+    if record is None:
         return None
-    dtype = model.backbone_dtype
-    record = dict(arguments, num_classes=model.head.out_features, dropout=model.dropout.p, pooling=model.pooling,
-                  backbone_dtype=None if dtype is None else str(dtype).replace("torch.", ""))
     try:
         return json.loads(json.dumps(record))
     except (TypeError, ValueError) as error:
@@ -61,12 +61,29 @@ def save_adapters(model, path):
     save_file(tensors, os.path.join(path, WEIGHTS_NAME))
     config = dict(format_version=FORMAT_VERSION, st_adapter_config=adapter_config(model),
                   tensors={name: dict(shape=list(t.shape), dtype=str(t.dtype)) for name, t in tensors.items()})
-    record = _classifier_record(model)
+    record = _build_record(model)
     if record is not None:
         config[CLASSIFIER_KEY] = record
     with open(os.path.join(path, CONFIG_NAME), "w") as f:
         json.dump(config, f, indent=1)
     return path
+
+
+def read_adapter_config(path):
+    """The JSON object of `path`/adapter_config.json; FileNotFoundError / ValueError naming the file."""
+    config_file = os.path.join(os.fspath(path), CONFIG_NAME)
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"{config_file} not found: expected a folder written by save_adapters or a train "
+                                "run's output_dir/adapters")
+    with open(config_file) as f:
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{config_file}: not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_file}: expected a JSON object (as save_adapters writes), got a JSON "
+                         f"{type(config).__name__}")
+    return config
 
 
 def load_adapters(model, path):
@@ -78,14 +95,7 @@ def load_adapters(model, path):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     config_file, weights_file = os.path.join(path, CONFIG_NAME), os.path.join(path, WEIGHTS_NAME)
-    with open(config_file) as f:
-        try:
-            config = json.load(f)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{config_file}: not valid JSON ({error})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_file}: expected a JSON object (as save_adapters writes), got a JSON "
-                         f"{type(config).__name__}")
+    config = read_adapter_config(path)
     if config.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{config_file}: unknown adapter checkpoint format {config.get('format_version')!r}")
     saved = config.get("st_adapter_config")
@@ -117,57 +127,3 @@ def load_adapters(model, path):
         for name, t in tensors.items():
             params[name].copy_(t)
     return model
-
-
-def from_pretrained(path, checkpoint_path=None, **overrides):
-    """Rebuild the VideoClassifier whose adapters and head `save_adapters` wrote to `path` (a `train`
-    run's output_dir/adapters included) and load them; returned in eval mode (`.train()` to go on
-    training).
-
-    The backbone comes from the recorded timm model name and kwargs: random init (from the recorded seed
-    if there is one, so a randomly initialised backbone is rebuilt exactly), or the weights of the local
-    file `checkpoint_path` (see `build_video_classifier`; nothing is downloaded). `overrides` replace
-    recorded `build_video_classifier` arguments, e.g. `backend="reference"`, `backbone_dtype=torch.bfloat16`,
-    `num_frames=16`; one that changes the adapters' shapes makes loading fail with what differs.
-
-    Raises FileNotFoundError if `path` has no adapter_config.json, ValueError if it does not record how
-    to build the model (saved from a model not made by build_video_classifier: build it yourself and call
-    `load_adapters`)."""
-    arguments = _recorded_arguments(os.fspath(path))
-    weights_from = [arguments.pop(key, None) for key in ("checkpoint_path", "authors_checkpoint")]
-    if checkpoint_path is None and any(weights_from):
-        sources = " and ".join(filter(None, weights_from))
-        warnings.warn(f"from_pretrained: the saved model's backbone weights came from {sources}; without "
-                      "checkpoint_path this backbone is randomly initialised", stacklevel=2)
-    elif checkpoint_path is None and arguments.get("seed") is None:
-        warnings.warn("from_pretrained: the saved model's backbone was randomly initialised with no recorded seed, "
-                      "and no checkpoint_path is given: this backbone's random weights differ from it", stacklevel=2)
-    arguments.update(overrides)
-    if isinstance(arguments.get("backbone_dtype"), str):
-        arguments["backbone_dtype"] = getattr(torch, arguments["backbone_dtype"])
-    model = build_video_classifier(checkpoint_path=checkpoint_path, **arguments)
-    return load_adapters(model, path).eval()
-
-
-def _recorded_arguments(path):
-    """build_video_classifier's arguments recorded in `path`: by save_adapters, else (an older train run's
-    folder) from its train_config.json."""
-    config_file = os.path.join(path, CONFIG_NAME)
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"{config_file} not found: expected a folder written by save_adapters or a train "
-                                "run's output_dir/adapters")
-    with open(config_file) as f:
-        try:
-            config = json.load(f)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{config_file}: not valid JSON ({error})") from None
-    record = config.get(CLASSIFIER_KEY) if isinstance(config, dict) else None
-    if record is not None:
-        return record
-    if os.path.isfile(os.path.join(path, TRAIN_CONFIG_NAME)):
-        from .video.train import TrainConfig, classifier_arguments, load_config_file
-        train_config = os.path.join(path, TRAIN_CONFIG_NAME)
-        return classifier_arguments(TrainConfig.from_dict(load_config_file(train_config), source=train_config))
-    raise ValueError(f"{config_file} does not record how to build the model (it was not saved from a classifier "
-                     "made by build_video_classifier, or its build arguments were not JSON): build the model "
-                     "yourself and call load_adapters(model, path)")

@@ -4,52 +4,9 @@ video workflow: `make-synthetic`, `train`, `eval`, `demo`.
 A dispatcher: the commands live with what they run (check: bench/parity.py, bench: bench/benchmark.py, the
 video commands: video/commands.py). A command whose dependencies beyond the kernel library are missing says
 which extra installs them, in one line."""
-import argparse
-import importlib.util
 import sys
 
-
-class HelpFormatter(argparse.HelpFormatter):
-    """Each option's help followed by its default, unless it has none worth showing (None, False) or the
-    help already speaks of it."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if (not action.option_strings or action.default in (None, False, argparse.SUPPRESS)
-                or "default" in text or text == argparse.SUPPRESS):
-            return text
-        return f"{text} (default: %(default)s)"
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """A usage error is one line, `st-adapter-fast: error: ...` with the command, not the whole usage."""
-
-    def error(self, message):
-        self.exit(2, f"st-adapter-fast: error: {message} (see {self.prog} --help)\n")
-
-
-def print_error(message):
-    print(f"st-adapter-fast: error: {message}", file=sys.stderr)
-
-
-def print_warning(message):
-    print(f"st-adapter-fast: warning: {message}", file=sys.stderr)
-
-
-class MissingExtra(ImportError):
-    """A command's dependencies beyond the kernel library are not installed."""
-
-
-PIP_NAMES = {"yaml": "pyyaml"}   # import name -> distribution name, where they differ
-
-
-def require(extra, modules, what):
-    """Raise MissingExtra, naming the extra of pyproject.toml that installs them, when any of `modules`
-    (import names) is not installed; `what` names what needs them (a command)."""
-    missing = [PIP_NAMES.get(name, name) for name in modules if importlib.util.find_spec(name) is None]
-    if missing:
-        raise MissingExtra(f"{what} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
-                           f'installed: pip install "st-adapter-fast[{extra}]"')
+from .console import PIP_NAMES, ArgumentParser, HelpFormatter, print_error, require  # noqa: F401 (PIP_NAMES: tests)
 
 
 def _bench_needs(args):

@@ -14,7 +14,7 @@ from .activations import activation_op_name, check_activation
 from .backends import BACKENDS, choose_backend, warn_once
 from .fused import adapter_backward, adapter_forward, zero_prefix_copy
 from .kernels import compiled
-from .reference import adapter_delta, st_adapter_reference
+from .reference import adapter_delta, adapter_output
 from .validation import autocast_active, check_adapter_inputs
 
 __all__ = ["st_adapter", "adapter_fwd", "adapter_bwd", "BACKENDS", "choose_backend"]   # the last two: backends.py's
@@ -56,8 +56,7 @@ def st_adapter(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_
     compute_dtype = torch.get_autocast_dtype(device_type) if autocast else fc1_weight.dtype
     path = choose_backend(backend, x, compute_dtype, shape.kernel_size)
     if path == "reference" or x.numel() == 0:   # nothing for a kernel to do on an empty batch
-        return st_adapter_reference(x, num_frames, *params, activation=activation,
-                                    num_prefix_tokens=num_prefix_tokens, grid_size=grid_size)
+        return adapter_output(x, shape, *params, activation)
     # The kernels index parameters as contiguous (they are tiny: a copy of a strided view costs nothing).
     params = tuple(p.to(compute_dtype).contiguous() for p in params)
     if x.stride(-1) != 1:

@@ -19,6 +19,12 @@ def st_adapter_reference(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_
     shape = check_adapter_inputs(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight,
                                  fc2_bias, num_prefix_tokens=num_prefix_tokens, grid_size=grid_size,
                                  allow_mixed_dtype=autocast_active(x.device.type))
+    return adapter_output(x, shape, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, activation)
+
+
+def adapter_output(x, shape, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, activation):
+    """The adapter's output for inputs already checked (`shape` is their `AdapterShape`): x's prefix rows,
+    then x + adapter_delta on the patch rows."""
     P = shape.num_prefix_tokens
     h = adapter_delta(x, shape, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, activation)
     return torch.cat([x[:, :P, :], x[:, P:, :] + h], dim=1)

@@ -23,6 +23,7 @@ import warnings
 import torch
 from torch import nn
 
+from ..adapted import adapted_module, adapter_config, has_st_adapters  # noqa: F401 (public here too)
 from ..module import STAdapter
 from ..validation import check_kernel_size
 
@@ -180,7 +181,7 @@ def remove_st_adapters(model):
     parameters' requires_grad flags are what they were before, and the model computes what the plain
     backbone computes. `model` is the adapted timm model or a module holding it (a VideoClassifier, which
     then classifies with the plain frozen backbone: a linear probe)."""
-    adapted = _adapted_module(model)
+    adapted = adapted_module(model)
     for handle in adapted._st_adapter_hooks:
         handle.remove()
     for block in adapted.blocks:
@@ -216,28 +217,8 @@ def set_num_frames(model, num_frames):
     _state_of(model).num_frames = num_frames
 
 
-def _adapted_module(model):
-    """`model` or the module inside it that add_st_adapters adapted."""
-    for m in model.modules():
-        if getattr(m, "st_adapter_config", None) is not None:
-            return m
-    raise ValueError("the model has no ST-Adapters (use add_st_adapters or build_video_classifier)")
-
-
-def has_st_adapters(model):
-    """Whether `model` or a module inside it has ST-Adapters (from add_st_adapters)."""
-    return any(getattr(m, "st_adapter_config", None) is not None for m in model.modules())
-
-
 def _state_of(model):
-    return _adapted_module(model)._st_adapter_state
-
-
-def adapter_config(model):
-    """The adapter configuration that add_st_adapters recorded on `model` (or on the adapted module inside
-    it): adapter_channels, kernel_size, placement, layers (block indices), activation, num_prefix_tokens,
-    embed_dim, num_blocks. save_adapters writes it; load_adapters requires the model's to be equal."""
-    return _adapted_module(model).st_adapter_config
+    return adapted_module(model)._st_adapter_state
 
 
 POOLINGS = ("mean_then_norm", "norm_then_mean")
@@ -280,6 +261,8 @@ class VideoClassifier(nn.Module):
             backbone's usual image features, averaged over time). The final norm is not linear, so the two
             give different models; loading the authors' checkpoint needs theirs.
     """
+
+    checkpoint_children = ("head",)   # saved with the adapters by save_adapters (see adapted.py)
 
     def __init__(self, backbone, num_classes, dropout=0.5, backbone_dtype=None, pooling=AUTHORS_POOLING):
         super().__init__()
@@ -329,6 +312,17 @@ class VideoClassifier(nn.Module):
         # averaged in fp32, normed in the tokens' dtype (the norm's weights may be in backbone_dtype)
         pooled = pooled.float().reshape(clips, frames, -1).mean(1).to(pooled.dtype)
         return backbone.head_drop(backbone.fc_norm(backbone.norm(pooled))).float()
+
+    def build_record(self):
+        """build_video_classifier's arguments for this classifier, with its current classes, dropout, pooling and
+        backbone dtype (what save_adapters writes for from_pretrained); None if it was not built by
+        build_video_classifier."""
+        arguments = getattr(self, "build_arguments", None)
+        if arguments is None:
+            return None
+        dtype = self.backbone_dtype
+        return dict(arguments, num_classes=self.head.out_features, dropout=self.dropout.p, pooling=self.pooling,
+                    backbone_dtype=None if dtype is None else str(dtype).replace("torch.", ""))
 
     def extra_repr(self):
         return f"pooling={self.pooling!r}, backbone_dtype={self.backbone_dtype}"

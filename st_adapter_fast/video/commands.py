@@ -3,7 +3,7 @@ console script is cli.py, which adds these to its parser)."""
 import argparse
 import os
 
-from ..cli import HelpFormatter, print_error, print_warning
+from ..console import HelpFormatter, print_error, print_warning
 
 # What the commands import beyond the kernel library (the [video] extra installs them; numpy is a core dependency).
 TRAIN_MODULES = ("av", "yaml", "tqdm", "timm")   # train and eval (yaml: config files and train_config.json)

@@ -3,9 +3,8 @@ import os
 
 import torch
 
-from ...checkpoint import TRAIN_CONFIG_NAME
 from ..data import SkipCounter, VideoDataset, collate_clips
-from .config import TrainConfig, config_key, load_config_file
+from .config import TRAIN_CONFIG_NAME, TrainConfig, config_key, load_config_file
 from .distributed import all_reduce_sum, setup_distributed
 from .model import autocast, build_model
 

@@ -11,11 +11,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...checkpoint import TRAIN_CONFIG_NAME
 from ...measure import compute_dtype_name, linear_compute_dtypes
 from ..data import SkipCounter, read_video_list
 from .checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from .config import absolute_paths, config_key
+from .config import TRAIN_CONFIG_NAME, absolute_paths, config_key
 from .distributed import setup_distributed
 from .evaluation import evaluate, format_metrics
 from .loader import iterate_batches, make_train_loader

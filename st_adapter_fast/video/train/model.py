@@ -21,6 +21,17 @@ def classifier_arguments(config):
                 activation=None if config.activation == "none" else config.activation, backend=config.backend)
 
 
+def train_folder_arguments(folder):
+    """build_video_classifier's arguments of the run whose adapters/ folder is `folder`, from its
+    train_config.json; None if it has none (how from_pretrained reads an older run's folder, whose
+    adapter_config.json records no build arguments)."""
+    from .config import TRAIN_CONFIG_NAME, TrainConfig, load_config_file
+    path = os.path.join(folder, TRAIN_CONFIG_NAME)
+    if not os.path.isfile(path):
+        return None
+    return classifier_arguments(TrainConfig.from_dict(load_config_file(path), source=path))
+
+
 def build_model(config):
     """The VideoClassifier of `config`, initialised from `config.seed` (the same on every rank), with the
     authors' checkpoint loaded if there is one."""
