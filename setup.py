@@ -11,7 +11,7 @@ import sys
 
 from setuptools import setup
 
-SOURCES_CPU = ["csrc/ops.cpp", "csrc/temporal_conv_cpu.cpp", "csrc/python_module.cpp"]
+SOURCES_CPU = ["csrc/ops.cpp", "csrc/adapter.cpp", "csrc/adapter_autograd.cpp", "csrc/temporal_conv_cpu.cpp", "csrc/python_module.cpp"]
 SOURCES_CUDA = ["csrc/temporal_conv_cuda.cu"]
 DEFAULT_CUDA_ARCHS = "8.0;9.0"
 

@@ -136,8 +136,10 @@ CheckedCall check_backward_call(const at::Tensor& grad_a, const at::Tensor& h, c
   return {shape, parse_activation(activation)};
 }
 
-void run_forward(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& out,
-                 const ConvShape& shape, Activation act) {
+}  // namespace
+
+void run_conv_act_forward(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
+                          const at::Tensor& out, const ConvShape& shape, Activation act) {
   if (h.numel() == 0) return;
   const at::Tensor w = weight.contiguous(), b = bias.contiguous();
   if (h.is_cuda()) {
@@ -152,6 +154,23 @@ void run_forward(const at::Tensor& h, const at::Tensor& weight, const at::Tensor
   conv_act_forward_cpu(h, w, b, out, shape, act);
 }
 
+at::Tensor run_conv_act_backward(const at::Tensor& grad_a, const at::Tensor& h, const at::Tensor& weight,
+                                 const at::Tensor& bias, const at::Tensor& grad_h, const at::Tensor& a,
+                                 const ConvShape& shape, Activation act) {
+  if (h.numel() == 0)
+    return at::zeros({shape.kernel_t + 2, shape.channels}, weight.options().dtype(at::toOpMathType(h.scalar_type())));
+  const at::Tensor w = weight.contiguous(), b = bias.contiguous();
+  if (h.is_cuda()) {
+#ifdef ST_ADAPTER_FAST_WITH_CUDA
+    return conv_act_backward_cuda(grad_a, h, w, b, grad_h, a, shape, act);
+#else
+    SAF_CHECK(false, "st_adapter_fast: this build of the extension has no CUDA kernels");
+#endif
+  }
+  SAF_CHECK(h.is_cpu(), "st_adapter_fast: no kernel for device ", h.device());
+  return conv_act_backward_cpu(grad_a, h, w, b, grad_h, a, shape, act);
+}
+
 // The (kt + 2, Ca) sums of the per-block partials (rows: the weight gradient per tap, the bias gradient, grad_h
 // summed) as the three gradients; the Triton backend's partials have the same layout and Python's
 // fused.conv_reductions splits them the same way.
@@ -159,9 +178,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> split_reductions(const at::Tensor
   const int64_t kt = weight.size(1);
   const auto dtype = weight.scalar_type();
   // Copies (copy=true), never views of `sums`: op outputs must not alias each other.
-  return {sums.narrow(0, 0, kt).t().to(dtype, false, true).contiguous(), sums[kt].to(dtype, false, true),
+  return {sums.slice(0, 0, kt).t().to(dtype, false, true).contiguous(), sums[kt].to(dtype, false, true),
           sums[kt + 1].to(dtype, false, true)};
 }
+
+namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> reductions_meta(const at::Tensor& weight) {
   return {at::empty_like(weight, at::MemoryFormat::Contiguous), weight.new_empty({weight.size(0)}),
@@ -174,7 +195,7 @@ void temporal_conv_act_out(const at::Tensor& h, const at::Tensor& weight, const 
                            int64_t num_frames, c10::string_view activation, const at::Tensor& out) {
   const CheckedCall call =
       check_forward_call(h, weight, bias, num_frames, activation, &out, "st_adapter_fast::temporal_conv_act_out");
-  run_forward(h, weight, bias, out, call.shape, call.act);
+  run_conv_act_forward(h, weight, bias, out, call.shape, call.act);
 }
 
 at::Tensor temporal_conv_act(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
@@ -182,7 +203,7 @@ at::Tensor temporal_conv_act(const at::Tensor& h, const at::Tensor& weight, cons
   const CheckedCall call =
       check_forward_call(h, weight, bias, num_frames, activation, nullptr, "st_adapter_fast::temporal_conv_act");
   at::Tensor out = at::empty(h.sizes(), h.options());
-  run_forward(h, weight, bias, out, call.shape, call.act);
+  run_conv_act_forward(h, weight, bias, out, call.shape, call.act);
   return out;
 }
 
@@ -191,21 +212,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_conv_act_backward_out(
     int64_t num_frames, c10::string_view activation, const at::Tensor& grad_h, const at::Tensor& a) {
   const auto [shape, act] = check_backward_call(grad_a, h, weight, bias, num_frames, activation, &grad_h, &a,
                                                 "st_adapter_fast::temporal_conv_act_backward_out");
-  const at::Tensor w = weight.contiguous(), b = bias.contiguous();
-  at::Tensor sums;
-  if (h.numel() == 0) {
-    sums = at::zeros({shape.kernel_t + 2, shape.channels}, weight.options().dtype(at::toOpMathType(h.scalar_type())));
-  } else if (h.is_cuda()) {
-#ifdef ST_ADAPTER_FAST_WITH_CUDA
-    sums = conv_act_backward_cuda(grad_a, h, w, b, grad_h, a, shape, act);
-#else
-    SAF_CHECK(false, "st_adapter_fast: this build of the extension has no CUDA kernels");
-#endif
-  } else {
-    SAF_CHECK(h.is_cpu(), "st_adapter_fast: no kernel for device ", h.device());
-    sums = conv_act_backward_cpu(grad_a, h, w, b, grad_h, a, shape, act);
-  }
-  return split_reductions(sums, weight);
+  return split_reductions(run_conv_act_backward(grad_a, h, weight, bias, grad_h, a, shape, act), weight);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> temporal_conv_act_backward(
@@ -260,6 +267,21 @@ TORCH_LIBRARY(st_adapter_fast, m) {
   m.def("temporal_conv_act_backward_out(Tensor grad_a, Tensor h, Tensor weight, Tensor bias, int num_frames, "
         "str activation, Tensor(a!) grad_h, Tensor(b!) a) -> (Tensor grad_weight, Tensor grad_bias, "
         "Tensor grad_h_sum)");
+  // The whole adapter with its gradients (csrc/adapter_autograd.cpp): y, and x's compute-dtype copy when it made
+  // one (x in another dtype than compute_dtype: autocast), else an empty tensor.
+  m.def("adapter(Tensor x, Tensor fc1_weight, Tensor fc1_bias, Tensor conv_weight, Tensor conv_bias, "
+        "Tensor fc2_weight, Tensor fc2_bias, int num_frames, int num_prefix_tokens, str activation, "
+        "ScalarType compute_dtype) -> (Tensor y, Tensor x_low)");
+  // The same per direction, without autograd (csrc/adapter.cpp), for torch.compile's registered ops: needs[i]
+  // says whether the i-th gradient is wanted (an unwanted one may come back as None).
+  m.def("adapter_forward(Tensor x, Tensor? x_gemm, Tensor fc1_weight, Tensor fc1_bias, Tensor conv_weight, "
+        "Tensor conv_bias, Tensor fc2_weight, Tensor fc2_bias, int num_frames, int num_prefix_tokens, str activation, "
+        "ScalarType compute_dtype, bool need_h) -> (Tensor y, Tensor h, Tensor x_low)");
+  m.def("adapter_backward(Tensor grad_y, Tensor x, Tensor h, Tensor fc1_weight, Tensor conv_weight, "
+        "Tensor conv_bias, Tensor fc2_weight, int num_frames, int num_prefix_tokens, str activation, "
+        "ScalarType compute_dtype, bool x_prefix_zeroed, bool[7] needs) -> (Tensor grad_x, Tensor grad_fc1_weight, "
+        "Tensor grad_fc1_bias, Tensor grad_conv_weight, Tensor grad_conv_bias, Tensor grad_fc2_weight, "
+        "Tensor grad_fc2_bias)");
 }
 
 #define SAF_REGISTER_DEVICE_IMPLS(m)                                              \

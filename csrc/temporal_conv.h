@@ -102,6 +102,16 @@ at::Tensor conv_act_backward_cuda(const at::Tensor& grad_a, const at::Tensor& h,
                                   const ConvShape& shape, Activation act);
 #endif
 
+// The device kernels above for h's device, without the ops' argument checks (the caller has checked): the
+// forward writes `out`; the backward writes grad_h and a and returns the (kt + 2, Ca) sums of its partials.
+void run_conv_act_forward(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
+                          const at::Tensor& out, const ConvShape& shape, Activation act);
+at::Tensor run_conv_act_backward(const at::Tensor& grad_a, const at::Tensor& h, const at::Tensor& weight,
+                                 const at::Tensor& bias, const at::Tensor& grad_h, const at::Tensor& a,
+                                 const ConvShape& shape, Activation act);
+// The sums as the three gradients (weight (Ca, kt), bias, grad_h summed) in weight's dtype, as copies.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> split_reductions(const at::Tensor& sums, const at::Tensor& weight);
+
 // The ops as registered (see ops.cpp); callable from C++ directly or through the dispatcher.
 at::Tensor temporal_conv_act(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
                              int64_t num_frames, c10::string_view activation);

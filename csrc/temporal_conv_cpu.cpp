@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/zeros.h>
 
+#include <algorithm>
 #include <vector>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__) && defined(__x86_64__)
@@ -24,6 +25,14 @@ namespace {
 // Work is split into blocks of this many tokens of one clip. The backward's reductions keep one partial
 // per block, so the block size (not the thread count) fixes their summation order.
 constexpr int64_t kTokensPerBlock = 8;
+
+// Blocks per parallel task: enough that a task has ~32K elements of work, so that small calls run on the
+// calling thread (waking OpenMP's threads costs more than they save there, and far more on a busy machine).
+int64_t blocks_per_task(const ConvShape& s) {
+  constexpr int64_t kMinElementsPerTask = 1 << 15;
+  const int64_t per_block = std::max<int64_t>(1, s.num_frames * kTokensPerBlock * s.channels);
+  return std::max<int64_t>(1, kMinElementsPerTask / per_block);
+}
 
 template <typename T>
 struct RowView {  // (frames, N, Ca) tensor with channel stride 1
@@ -78,7 +87,7 @@ void forward_kernel(const at::Tensor& h_t, const at::Tensor& weight, const at::T
   const RowView<const scalar_t> h = rows_of<const scalar_t>(h_t);
   const RowView<scalar_t> out = rows_of<scalar_t>(out_t);
   const int64_t blocks_per_clip = (s.num_tokens + kTokensPerBlock - 1) / kTokensPerBlock;
-  at::parallel_for(0, s.clips * blocks_per_clip, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, s.clips * blocks_per_clip, blocks_per_task(s), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> pre(s.channels);
     for (int64_t block = begin; block < end; ++block) {
       const int64_t first_frame = (block / blocks_per_clip) * s.num_frames;
@@ -111,7 +120,7 @@ at::Tensor backward_kernel(const at::Tensor& grad_a_t, const at::Tensor& h_t, co
   // Per block: kt rows of weight gradient, then the bias gradient, then grad_h summed.
   std::vector<acc_t> partials(num_blocks * (kt + 2) * channels, acc_t(0));
 
-  at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, num_blocks, blocks_per_task(s), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> pre(channels), grad_pre(frames * channels);
     for (int64_t block = begin; block < end; ++block) {
       acc_t* part = partials.data() + block * (kt + 2) * channels;

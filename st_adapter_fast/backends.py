@@ -137,17 +137,26 @@ def choose_backend(backend, x, compute_dtype, kernel_size):
     that cannot run the call raises a ValueError saying why (a RuntimeError when the compiled extension
     it needs is missing).
     """
+    path, fallback_warning = resolve_backend(backend, x, compute_dtype, kernel_size)
+    if fallback_warning is not None:
+        warn_once(fallback_warning)
+    return path
+
+
+def resolve_backend(backend, x, compute_dtype, kernel_size):
+    """(path, warning): `choose_backend`'s path, and the warning it gives for a fallback to the reference
+    (None otherwise), without giving it."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "reference" or (backend == "auto" and x.device.type == "meta"):
-        return "reference"
+        return "reference", None
     if backend != "auto":
         forced = capability(backend)
         reason = forced.why_not(x, compute_dtype, kernel_size)
         if reason is not None:
             error = RuntimeError if forced.extension_missing else ValueError
             raise error(f"backend={backend!r} cannot run this input: {reason}")
-        return backend
+        return backend, None
     # On a GPU the compiled CUDA kernels come first: they measured faster than the Triton ones (H200, ViT-B/16
     # bf16 fwd+bwd: 0.951 vs 1.017 ms of GPU time, 2.08 vs 2.49 ms launched; benchmarks/results/nvidia-h200.json).
     # Triton is next where the extension was built without CUDA.
@@ -156,6 +165,5 @@ def choose_backend(backend, x, compute_dtype, kernel_size):
     for name in candidates:
         reasons.append(capability(name).why_not(x, compute_dtype, kernel_size))
         if reasons[-1] is None:
-            return name
-    warn_once("st_adapter_fast: falling back to the (slower) reference path: " + "; ".join(reasons))
-    return "reference"
+            return name, None
+    return "reference", "st_adapter_fast: falling back to the (slower) reference path: " + "; ".join(reasons)

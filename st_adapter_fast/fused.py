@@ -1,8 +1,8 @@
-"""The adapter's forward and backward around a fused conv + activation kernel, for every kernel backend.
+"""The adapter's forward and backward around a fused conv + activation kernel, in Python: the Triton backend's.
 
-The Ca-wide GEMMs run in cuBLAS/MKL (torch), the temporal conv + activation (and, backward, its
-gradients) in one kernel pass in the token layout. A backend supplies that kernel as a `ConvKernels`:
-the Triton one (kernels/triton/adapter.py) or the compiled one (kernels/compiled.py).
+The Ca-wide GEMMs run in cuBLAS (torch), the temporal conv + activation (and, backward, its gradients) in one
+kernel pass in the token layout, supplied as a `ConvKernels` (kernels/triton/adapter.py). The compiled
+backends run the same steps in C++ (csrc/adapter.cpp), one call per direction.
 
 Tensors come in validated (ops.py); the compute dtype is the parameters' dtype, `x` may differ (autocast).
 

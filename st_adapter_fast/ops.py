@@ -1,21 +1,29 @@
 """The ST-Adapter op: `st_adapter(...)`, and the registered ops with their autograd.
 
 `st_adapter(...)` is the one entry point: it checks the inputs (validation.py), asks backends.py which
-backend runs the call (`choose_backend`, re-exported here), and runs it. The kernel paths (Triton, and the
-compiled CPU/CUDA kernels of csrc/) share one forward/backward (fused.py) and one pair of
-`torch.library.custom_op`s (`st_adapter_fast::adapter_fwd` / `adapter_bwd`, with a `kernels` argument) with
-fake implementations, so torch.compile sees them as opaque nodes with known output shapes and never breaks
-the graph on them. Eager calls run the same forward/backward through a plain autograd.Function, which
-skips the custom-op dispatch.
+backend runs the call (`choose_backend`, re-exported here), and runs it. Both checks depend only on shapes,
+dtypes, devices and settings, so their result is kept per such signature (`_checked_call`): a call that
+repeats an earlier one's signature (every training step) pays one dictionary lookup for them.
+
+An eager call of the compiled backends (csrc/) is one call of the C++ op `torch.ops.st_adapter_fast.adapter`,
+whose autograd node is C++ too (csrc/adapter_autograd.cpp): forward and backward are one C++ function each
+(csrc/adapter.cpp), which also cast the parameters to the compute dtype and make x's compute-dtype copy under
+autocast, so that no Python runs between the call and the kernels, nor in backward. The Triton backend runs
+the same steps in Python around its kernels (fused.py), through `_EagerKernelAdapter`. Under torch.compile every kernel path
+goes through one pair of `torch.library.custom_op`s (`st_adapter_fast::adapter_fwd` / `adapter_bwd`, with a
+`kernels` argument) with fake implementations, so torch.compile sees them as opaque nodes with known output
+shapes and never breaks the graph on them.
 """
+from typing import NamedTuple
+
 import torch
 
 from .activations import activation_op_name, check_activation
-from .backends import BACKENDS, choose_backend, warn_once
+from .backends import BACKENDS, interpreting, resolve_backend, choose_backend, warn_once  # noqa: F401
 from .fused import adapter_backward, adapter_forward, zero_prefix_copy
 from .kernels import compiled
 from .reference import adapter_delta, adapter_output
-from .validation import autocast_active, check_adapter_inputs
+from .validation import AdapterShape, autocast_active, check_adapter_inputs
 
 __all__ = ["st_adapter", "adapter_fwd", "adapter_bwd", "BACKENDS", "choose_backend"]   # the last two: backends.py's
 
@@ -46,29 +54,96 @@ def st_adapter(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_
     backward with differentiable torch operations (autograd through the reference's formulas) instead of
     the kernels. Under torch.compile it is not supported (torch raises an error).
     """
-    check_activation(activation)
-    device_type = x.device.type if isinstance(x, torch.Tensor) else "cpu"
-    autocast = autocast_active(device_type)
     params = (fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias)
+    call = _checked_call(x, num_frames, params, activation, num_prefix_tokens, grid_size, backend)
+    if call.path == "reference" or x.numel() == 0:   # nothing for a kernel to do on an empty batch
+        return adapter_output(x, call.shape, *params, activation)
+    if x.stride(-1) != 1:
+        warn_once(f"st_adapter_fast: x's last dimension is not contiguous (stride != 1); the {call.path} path "
+                  "makes a contiguous copy of x first")
+        x = x.contiguous()
+    if call.path == "triton" or torch.compiler.is_compiling():
+        return _registered_op_call(x, params, call)
+    return torch.ops.st_adapter_fast.adapter(x, *params, *call.op_config)[0]
+
+
+class _Call(NamedTuple):
+    """What the checks of a call found: its sizes, the backend path, the compute dtype, and the fallback
+    warning that choosing the path gave (repeated on every call, where warn_once keeps it to one)."""
+
+    shape: AdapterShape
+    path: str
+    compute_dtype: torch.dtype
+    activation: str            # as the ops spell it
+    fallback_warning: str | None
+
+    @property
+    def op_config(self):
+        """The C++ adapter ops' (num_frames, num_prefix_tokens, activation, compute_dtype) arguments."""
+        return self.shape.num_frames, self.shape.num_prefix_tokens, self.activation, self.compute_dtype
+
+
+_CHECKED_CALLS = {}   # call signature -> _Call
+_MAX_CHECKED_CALLS = 1024
+
+
+def _checked_call(x, num_frames, params, activation, num_prefix_tokens, grid_size, backend):
+    """The `_Call` of these arguments: checked in full (validation.py, backends.py), or found by the
+    signature of an earlier call that passed the same checks."""
+    device_type = x.device.type if isinstance(x, torch.Tensor) else "cpu"
+    autocast_dtype = torch.get_autocast_dtype(device_type) if autocast_active(device_type) else None
+    key = _signature(x, num_frames, params, activation, num_prefix_tokens, grid_size, backend, autocast_dtype)
+    call = _CHECKED_CALLS.get(key) if key is not None else None
+    if call is None:
+        call = _check_call(x, num_frames, params, activation, num_prefix_tokens, grid_size, backend, autocast_dtype)
+        if key is not None:
+            if len(_CHECKED_CALLS) >= _MAX_CHECKED_CALLS:
+                _CHECKED_CALLS.clear()
+            _CHECKED_CALLS[key] = call
+    if call.fallback_warning is not None:
+        warn_once(call.fallback_warning, stacklevel=4)   # the line that called st_adapter
+    return call
+
+
+def _check_call(x, num_frames, params, activation, num_prefix_tokens, grid_size, backend, autocast_dtype):
+    check_activation(activation)
     shape = check_adapter_inputs(x, num_frames, *params, num_prefix_tokens=num_prefix_tokens,
-                                 grid_size=grid_size, allow_mixed_dtype=autocast)
-    num_frames, num_prefix_tokens = shape.num_frames, shape.num_prefix_tokens
-    compute_dtype = torch.get_autocast_dtype(device_type) if autocast else fc1_weight.dtype
-    path = choose_backend(backend, x, compute_dtype, shape.kernel_size)
-    if path == "reference" or x.numel() == 0:   # nothing for a kernel to do on an empty batch
-        return adapter_output(x, shape, *params, activation)
+                                 grid_size=grid_size, allow_mixed_dtype=autocast_dtype is not None)
+    compute_dtype = autocast_dtype or params[0].dtype
+    path, fallback_warning = resolve_backend(backend, x, compute_dtype, shape.kernel_size)
+    return _Call(shape, path, compute_dtype, activation_op_name(activation), fallback_warning)
+
+
+def _signature(x, num_frames, params, activation, num_prefix_tokens, grid_size, backend, autocast_dtype):
+    """Everything the checks of a call depend on, hashable; None where it cannot be had (arguments that are
+    not tensors, unhashable values, torch.compile's symbolic sizes): such a call is checked in full. Types
+    are part of it, so that e.g. num_frames=True is refused as the checks refuse it, not taken for 1."""
+    if torch.compiler.is_compiling():
+        return None
+    try:
+        key = (x.shape, x.dtype, x.device, type(num_frames), num_frames, type(num_prefix_tokens), num_prefix_tokens,
+               type(grid_size), None if grid_size is None else tuple((type(s), s) for s in grid_size), activation,
+               backend, autocast_dtype, compiled.EXTENSION, interpreting(),
+               *[(p.shape, p.dtype, p.device) for p in params])
+        hash(key)
+    except (AttributeError, TypeError):
+        return None
+    return key
+
+
+def _registered_op_call(x, params, call):
+    """The Triton path, and every kernel path under torch.compile: parameters cast and x's zero-prefix copy made
+    in Python (differentiably, so that a double backward reaches x through it), then the registered op."""
+    compute_dtype = call.compute_dtype
+    num_frames, num_prefix_tokens = call.shape.num_frames, call.shape.num_prefix_tokens
     # The kernels index parameters as contiguous (they are tiny: a copy of a strided view costs nothing).
     params = tuple(p.to(compute_dtype).contiguous() for p in params)
-    if x.stride(-1) != 1:
-        warn_once(f"st_adapter_fast: x's last dimension is not contiguous (stride != 1); the {path} path "
-                   "makes a contiguous copy of x first")
-        x = x.contiguous()
     # What the GEMMs read of x, in the compute dtype: x itself, or (autocast) a copy whose prefix rows are
-    # zero (see fused.py). Made here, differentiably, so that a double backward reaches x through it.
+    # zero (see fused.py).
     x_low = None if x.dtype == compute_dtype else zero_prefix_copy(x, compute_dtype, num_prefix_tokens)
     need_h = torch.is_grad_enabled() and any(t.requires_grad for t in (x,) + params)
-    kernels = "triton" if path == "triton" else "compiled"
-    args = (x, x_low, *params, num_frames, num_prefix_tokens, activation_op_name(activation), need_h, kernels)
+    kernels = "triton" if call.path == "triton" else "compiled"
+    args = (x, x_low, *params, num_frames, num_prefix_tokens, call.activation, need_h, kernels)
     if torch.compiler.is_compiling():
         return adapter_fwd(*args)[0]
     return _EagerKernelAdapter.apply(*args)
@@ -77,28 +152,35 @@ def st_adapter(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_
 # ---------------------------------------------------------------------------------------------------
 # Registered ops (kernel paths). Arguments arrive validated from st_adapter().
 
-def _kernels(name):
-    """The fused.ConvKernels named `name`: "triton" or "compiled"."""
-    if name == "triton":
-        from .kernels.triton.adapter import TRITON_KERNELS
-        return TRITON_KERNELS
-    if name == "compiled":
-        return compiled.COMPILED_KERNELS
-    raise ValueError(f"unknown kernels {name!r}")
-
-
 def _forward_impl(x, x_low, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, num_frames,
                   num_prefix_tokens, activation, need_h, kernels):
+    if kernels == "compiled":
+        y, h, _ = torch.ops.st_adapter_fast.adapter_forward(x, x_low, fc1_weight, fc1_bias, conv_weight, conv_bias,
+                                                            fc2_weight, fc2_bias, num_frames, num_prefix_tokens,
+                                                            activation, fc1_weight.dtype, need_h)
+        return y, h
     with torch.autocast(x.device.type, enabled=False):
-        return adapter_forward(_kernels(kernels), x, x_low, fc1_weight, fc1_bias, conv_weight, conv_bias,
+        return adapter_forward(_triton_kernels(kernels), x, x_low, fc1_weight, fc1_bias, conv_weight, conv_bias,
                                fc2_weight, fc2_bias, num_frames, num_prefix_tokens, activation, need_h)
 
 
 def _backward_impl(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight, num_frames, num_prefix_tokens,
                    activation, x_prefix_zeroed, kernels):
+    if kernels == "compiled":
+        return torch.ops.st_adapter_fast.adapter_backward(grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight,
+                                                          num_frames, num_prefix_tokens, activation, fc1_weight.dtype,
+                                                          x_prefix_zeroed, [True] * 7)
     with torch.autocast(x.device.type, enabled=False):
-        return adapter_backward(_kernels(kernels), grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight,
+        return adapter_backward(_triton_kernels(kernels), grad_y, x, h, fc1_weight, conv_weight, conv_bias, fc2_weight,
                                 num_frames, num_prefix_tokens, activation, x_prefix_zeroed)
+
+
+def _triton_kernels(name):
+    """The Triton kernels as a fused.ConvKernels (imported on first use: importing them imports triton)."""
+    if name != "triton":
+        raise ValueError(f"unknown kernels {name!r}")
+    from .kernels.triton.adapter import TRITON_KERNELS
+    return TRITON_KERNELS
 
 
 @torch.library.custom_op("st_adapter_fast::adapter_fwd", mutates_args=())
@@ -156,8 +238,10 @@ def _differentiable_gradients(grad_y, x, params, num_frames, num_prefix_tokens, 
     (x here is what the GEMMs read: x, or x_low, which autograd connects to x). Second derivatives are then
     those of the reference. The kernels' temporal kernels need no grid: it is taken as (N, 1)."""
     P = num_prefix_tokens
-    shape = check_adapter_inputs(x, num_frames, *params, num_prefix_tokens=P,
-                                 grid_size=(x.shape[1] - P, 1))
+    frames, num_tokens, channels = x.shape
+    shape = AdapterShape(batch=frames // num_frames, num_frames=num_frames, num_tokens=num_tokens,
+                         num_prefix_tokens=P, height=num_tokens - P, width=1, channels=channels,
+                         adapter_channels=params[0].shape[0], kernel_size=tuple(params[2].shape[2:]))
     inputs = (x, *params)
     wanted = [i for i, t in enumerate(inputs) if t.requires_grad]
     with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):

@@ -1,7 +1,9 @@
-"""The compiled kernels (st_adapter_fast._C, built from csrc/) as a `fused.ConvKernels` backend.
+"""The compiled kernels: loading st_adapter_fast._C, built from csrc/.
 
-Importing `_C` registers torch.ops.st_adapter_fast.temporal_conv_act[_out] and
-temporal_conv_act_backward[_out] (CPU, CUDA when built with it, and Meta). The extension states what its
+Importing `_C` registers torch.ops.st_adapter_fast.adapter (the whole adapter with its C++ autograd, which the
+op's eager calls use), adapter_forward / adapter_backward (the same per direction, for torch.compile's
+registered ops) and the conv + activation alone, temporal_conv_act[_out] and temporal_conv_act_backward[_out]
+(CPU, CUDA when built with it, and Meta). The extension states what its
 kernels cover (`with_cuda`, `max_kernel_t`, `dtypes`, `activation_codes`), which backends.py reads. The
 package works without the extension: `EXTENSION` then says why it is missing, and the op falls back or
 raises (backends.py).
@@ -11,7 +13,6 @@ from typing import NamedTuple
 import torch
 
 from ..activations import ACTIVATION_CODES
-from ..fused import ConvKernels
 
 REINSTALL = "reinstall with `pip install --no-build-isolation -e .` (without ST_ADAPTER_FAST_NO_EXTENSION=1)"
 
@@ -53,25 +54,3 @@ def extension_info():
     """{'available': bool, 'with_cuda': bool, 'error': str or None}: how the extension was built, if at all."""
     module, error = EXTENSION
     return {"available": module is not None, "with_cuda": bool(module and module.with_cuda), "error": error}
-
-
-class CompiledKernels(ConvKernels):
-    """The conv + activation kernels of csrc/ (CPU or CUDA by the tensors' device); GEMMs stay in torch."""
-    fused_gemm = False
-
-    def fold_fc2_bias(self, device):
-        return device.type == "cuda"   # on the CPU a separate bias add is cheaper (see fused.BIAS_COLUMNS)
-
-    def conv_act_forward(self, *, h, a, conv_weight, conv_bias, num_frames, activation, **_):
-        torch.ops.st_adapter_fast.temporal_conv_act_out(h, conv_weight, conv_bias, num_frames, activation, a)
-
-    def conv_act_backward(self, *, g_patch, h, conv_weight, conv_bias, a, grad_h, num_frames, activation, **_):
-        # The op sums its per-block partials and splits them as fused.conv_reductions does (csrc/ops.cpp).
-        return torch.ops.st_adapter_fast.temporal_conv_act_backward_out(g_patch, h, conv_weight, conv_bias,
-                                                                        num_frames, activation, grad_h, a)
-
-    def matmul_residual(self, a, b, residual, out):
-        return torch.add(residual, a @ b, out=out)
-
-
-COMPILED_KERNELS = CompiledKernels()
