@@ -95,7 +95,7 @@ inline BackwardVariant selected_backward_variant() {
 // the kernel's compile-time shape, the launch geometry, and the kernel's attributes as the runtime reports them.
 struct CudaLaunchRecord {
   std::string direction, requested, ran, reason, kernel;
-  int kt = 0, vec = 0, vector_bytes = 0, depth = 0;
+  int kt = 0, vec = 0, vector_bytes = 0, depth = 0, inflight_bytes = 0;
   unsigned grid[3] = {0, 0, 0}, block[3] = {0, 0, 0};
   int64_t shared_bytes = 0, partial_rows = 0;
   int registers = -1, local_bytes = -1, static_shared_bytes = -1, max_threads = -1, blocks_per_sm = -1;
@@ -103,6 +103,13 @@ struct CudaLaunchRecord {
 
 #ifdef ST_ADAPTER_FAST_WITH_CUDA
 CudaLaunchRecord last_cuda_launch();
+// The launch a call would make, without a GPU and without launching: kernel, vector width, geometry, shared
+// memory, partial rows, for `dtype` (float, bfloat16, float16, float64) and the given shape; `aligned_bytes` the
+// widest vector the tensors allow; `threads` as ST_ADAPTER_FAST_CUDA_*_THREADS (0: unset); `resident_blocks` the
+// blocks the device would hold at once (sizes the persistent grids); `max_threads` a kernel's own limit.
+CudaLaunchRecord plan_cuda_launch(const std::string& direction, const std::string& variant, c10::ScalarType dtype,
+                                  int64_t kt, int64_t channels, int64_t num_tokens, int64_t num_frames, int64_t clips,
+                                  int aligned_bytes, int threads, int resident_blocks, int max_threads);
 #endif
 
 }  // namespace st_adapter_fast

@@ -70,9 +70,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       pybind11::arg("direction"));
 #ifdef ST_ADAPTER_FAST_WITH_CUDA
-  m.def("last_cuda_launch", []() {
-    // What the last CUDA conv launch of this thread ran: variant asked for and run, kernel, geometry, registers.
-    const saf::CudaLaunchRecord r = saf::last_cuda_launch();
+  // A launch record as a dict: what ran (and why, if not what was asked for), kernel, geometry, attributes.
+  auto record_dict = [](const saf::CudaLaunchRecord& r) {
     pybind11::dict d;
     if (r.kernel.empty()) return d;
     d["direction"] = r.direction;
@@ -84,6 +83,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     d["vec"] = r.vec;
     d["vector_bytes"] = r.vector_bytes;
     d["depth"] = r.depth;
+    d["inflight_bytes"] = r.inflight_bytes;
     d["grid"] = pybind11::make_tuple(r.grid[0], r.grid[1], r.grid[2]);
     d["block"] = pybind11::make_tuple(r.block[0], r.block[1], r.block[2]);
     d["threads"] = r.block[0] * r.block[1] * r.block[2];
@@ -95,6 +95,25 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     d["max_threads"] = r.max_threads;
     d["blocks_per_sm"] = r.blocks_per_sm;
     return d;
-  });
+  };
+  // What the last CUDA conv launch of this thread ran (registers etc. as the runtime reports them).
+  m.def("last_cuda_launch", [record_dict]() { return record_dict(saf::last_cuda_launch()); });
+  // The launch a call would make, computed without a GPU (cuda_variants.h: plan_cuda_launch).
+  m.def(
+      "cuda_launch_plan",
+      [record_dict](const std::string& direction, const std::string& variant, c10::ScalarType dtype, int64_t kt,
+                    int64_t channels, int64_t num_tokens, int64_t num_frames, int64_t clips, int aligned_bytes,
+                    int threads, int resident_blocks, int max_threads) {
+        try {
+          return record_dict(saf::plan_cuda_launch(direction, variant, dtype, kt, channels, num_tokens, num_frames,
+                                                   clips, aligned_bytes, threads, resident_blocks, max_threads));
+        } catch (const c10::ValueError& error) {
+          throw pybind11::value_error(error.what_without_backtrace());
+        }
+      },
+      pybind11::arg("direction"), pybind11::arg("variant"), pybind11::arg("dtype"), pybind11::arg("kt"),
+      pybind11::arg("channels"), pybind11::arg("num_tokens"), pybind11::arg("num_frames"), pybind11::arg("clips"),
+      pybind11::arg("aligned_bytes") = 16, pybind11::arg("threads") = 0, pybind11::arg("resident_blocks") = 264,
+      pybind11::arg("max_threads") = 1024);
 #endif
 }

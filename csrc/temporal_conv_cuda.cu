@@ -118,6 +118,7 @@ struct CudaLauncher {
     r.vec = note.vec;
     r.vector_bytes = note.vector_bytes;
     r.depth = note.depth;
+    r.inflight_bytes = note.inflight_bytes;
     r.grid[0] = g.grid.x, r.grid[1] = g.grid.y, r.grid[2] = g.grid.z;
     r.block[0] = g.block.x, r.block[1] = g.block.y, r.block[2] = g.block.z;
     r.shared_bytes = int64_t(g.shared_bytes);
@@ -130,9 +131,61 @@ struct CudaLauncher {
   }
 };
 
+// Records the launch instead of making it (plan_cuda_launch).
+struct PlanLauncher {
+  int resident, most_threads;
+  CudaLaunchRecord record;
+
+  int max_threads(const void*) { return most_threads; }
+  int resident_blocks(const void*, int, size_t) { return resident; }
+
+  template <typename Args>
+  void launch(void (*)(Args), const Geometry& g, const Args&, const KernelNote& note) {
+    record.ran = note.ran;
+    record.reason = note.reason;
+    record.kernel = note.kernel;
+    record.kt = note.kt;
+    record.vec = note.vec;
+    record.vector_bytes = note.vector_bytes;
+    record.depth = note.depth;
+    record.inflight_bytes = note.inflight_bytes;
+    record.grid[0] = g.grid.x, record.grid[1] = g.grid.y, record.grid[2] = g.grid.z;
+    record.block[0] = g.block.x, record.block[1] = g.block.y, record.block[2] = g.block.z;
+    record.shared_bytes = int64_t(g.shared_bytes);
+    record.partial_rows = g.partial_rows;
+  }
+};
+
 }  // namespace
 
 CudaLaunchRecord last_cuda_launch() { return last_record; }
+
+CudaLaunchRecord plan_cuda_launch(const std::string& direction, const std::string& variant, c10::ScalarType dtype,
+                                  int64_t kt, int64_t channels, int64_t num_tokens, int64_t num_frames, int64_t clips,
+                                  int aligned, int threads, int resident_blocks, int max_threads) {
+  SAF_CHECK_VALUE(direction == "fwd" || direction == "bwd", "direction must be 'fwd' or 'bwd', got '", direction, "'");
+  SAF_CHECK_VALUE(kt >= 1 && kt <= kMaxKernelT && kt % 2 == 1, "kt must be odd and <= ", kMaxKernelT, ", got ", kt);
+  PlanLauncher launcher{resident_blocks, max_threads, {}};
+  launcher.record.direction = direction;
+  launcher.record.requested = variant;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "plan_cuda_launch", [&] {
+    if (direction == "fwd") {
+      conv_cuda::ForwardArgs<scalar_t> args{};
+      args.num_frames = int(num_frames), args.num_tokens = int(num_tokens), args.channels = int(channels),
+      args.clips = int(clips);
+      const auto v = ForwardVariant(variant_index(kForwardVariants, variant.c_str(), "variant"));
+      conv_cuda::run_forward<scalar_t>(v, args, kt, aligned, threads, launcher);
+    } else {
+      conv_cuda::BackwardArgs<scalar_t> args{};
+      args.num_frames = int(num_frames), args.num_tokens = int(num_tokens), args.channels = int(channels),
+      args.clips = int(clips);
+      const auto v = BackwardVariant(variant_index(kBackwardVariants, variant.c_str(), "variant"));
+      conv_cuda::run_backward<scalar_t>(v, args, kt, aligned, threads, launcher,
+                                        [](int64_t) { return static_cast<at::opmath_type<scalar_t>*>(nullptr); });
+    }
+  });
+  return launcher.record;
+}
 
 void conv_act_forward_cuda(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& bias,
                            const at::Tensor& out, const ConvShape& s, Activation act) {

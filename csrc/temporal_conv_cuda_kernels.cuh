@@ -833,12 +833,15 @@ struct Geometry {
   int64_t partial_rows = 0;  // backward: rows of the partial-sum buffer the kernel writes
 };
 
-// What a launch ran, for the launch record (cuda_variants.h).
+// What a launch ran, for the launch record (cuda_variants.h). inflight_bytes: the default kernels load the next
+// frame (h; backward grad_a too) during the current one; async: DEPTH frames ahead per ring; frames: every
+// frame a row needs at once (kt of h forward; kt of grad_a and 2 kt - 1 of h backward, mostly L2 hits).
 struct KernelNote {
   const char* ran;     // the variant whose kernel ran
   const char* reason;  // why it differs from the one asked for ("" when it does not)
   const char* kernel;  // the kernel template's name
   int kt, vec, vector_bytes, depth;
+  int inflight_bytes;  // bytes of loads a thread has in flight at once, by the kernel's structure (see above)
 };
 
 // The default kernels' block sizes, from a sweep on an H200 (benchmarks/cuda_kernel_sweep.py; ViT-B/16 and
@@ -913,7 +916,7 @@ Geometry persistent_shape(Launcher& launcher, const void* kernel, const char* na
                 unsigned(std::max<int64_t>(1, std::min<int64_t>(items, std::max(1, resident / b.channel_blocks)))));
   g.block = dim3(unsigned(b.bx), unsigned(b.by));
   g.shared_bytes = shared_bytes;
-  g.partial_rows = g.grid.y;
+  g.partial_rows = g.grid.y;  // one partial row per block row (backward)
   return g;
 }
 
@@ -974,9 +977,9 @@ void run_forward(ForwardVariant requested, const ForwardArgs<scalar_t>& args, in
       const int threads = threads_env >= 32 ? std::min(threads_env, kMaxForwardThreads) : kForwardThreads;
       const Geometry g = launch_shape(args.channels, args.num_tokens, args.clips, vec, threads);
       if (vec == W)
-        launcher.launch(&forward_kernel<scalar_t, KT, W>, g, args, KernelNote{ran, reason, "forward_kernel", KT, W, W * int(sizeof(scalar_t)), 0});
+        launcher.launch(&forward_kernel<scalar_t, KT, W>, g, args, KernelNote{ran, reason, "forward_kernel", KT, W, W * int(sizeof(scalar_t)), 0, W * int(sizeof(scalar_t))});
       else
-        launcher.launch(&forward_kernel<scalar_t, KT, 1>, g, args, KernelNote{ran, reason, "forward_kernel", KT, 1, int(sizeof(scalar_t)), 0});
+        launcher.launch(&forward_kernel<scalar_t, KT, 1>, g, args, KernelNote{ran, reason, "forward_kernel", KT, 1, int(sizeof(scalar_t)), 0, int(sizeof(scalar_t))});
       return;
     }
     if constexpr (!std::is_same_v<scalar_t, double>) {
@@ -988,8 +991,9 @@ void run_forward(ForwardVariant requested, const ForwardArgs<scalar_t>& args, in
         const size_t shared = taps_shared_bytes<acc_t>(KT, b.bx * VEC) +
                               size_t(AsyncForwardShape<KT, D>::kRing) * b.bx * b.by * VEC * sizeof(scalar_t);
         const int64_t items = int64_t(args.clips) * ((args.num_tokens + b.by - 1) / b.by);
-        const Geometry g = persistent_shape(launcher, (const void*)kernel, "forward_async_kernel", b, items, args.num_frames, shared);
-        launcher.launch(kernel, g, args, KernelNote{ran, reason, "forward_async_kernel", KT, VEC, VEC * int(sizeof(scalar_t)), D});
+        Geometry g = persistent_shape(launcher, (const void*)kernel, "forward_async_kernel", b, items, args.num_frames, shared);
+        g.partial_rows = 0;  // (the forward writes no partial sums)
+        launcher.launch(kernel, g, args, KernelNote{ran, reason, "forward_async_kernel", KT, VEC, VEC * int(sizeof(scalar_t)), D, D * VEC * int(sizeof(scalar_t))});
       } else {  // kFrames
         constexpr int VEC = wide<scalar_t, forward_vector_bytes(ForwardVariant::kFrames, KT)>();
         auto* kernel = &forward_frames_kernel<scalar_t, KT, VEC>;
@@ -999,7 +1003,7 @@ void run_forward(ForwardVariant requested, const ForwardArgs<scalar_t>& args, in
         Geometry g;
         g.grid = dim3(unsigned(b.channel_blocks), unsigned(std::min<int64_t>(65535, (rows + b.by - 1) / b.by)));
         g.block = dim3(unsigned(b.bx), unsigned(b.by));
-        launcher.launch(kernel, g, args, KernelNote{ran, reason, "forward_frames_kernel", KT, VEC, VEC * int(sizeof(scalar_t)), 0});
+        launcher.launch(kernel, g, args, KernelNote{ran, reason, "forward_frames_kernel", KT, VEC, VEC * int(sizeof(scalar_t)), 0, KT * VEC * int(sizeof(scalar_t))});
       }
     }
   });
@@ -1014,15 +1018,9 @@ void run_backward(BackwardVariant requested, BackwardArgs<scalar_t> args, int64_
   BackwardVariant v = requested;
   const char* reason = "";
   int bytes = backward_vector_bytes(v, int(kt));
-  const bool is_window = v == BackwardVariant::kWindow || v == BackwardVariant::kWindow8;
-  if (!is_window && !variant_instantiated<scalar_t>(vector_elements<scalar_t>(bytes, aligned_bytes))) {
+  if (v != BackwardVariant::kWindow && !variant_instantiated<scalar_t>(vector_elements<scalar_t>(bytes, aligned_bytes))) {
     reason = std::is_same_v<scalar_t, double> ? "float64 runs the default kernels"
                                               : "alignment allows no vector of the variant's width";
-    v = BackwardVariant::kWindow;
-    bytes = backward_vector_bytes(v, int(kt));
-  }
-  if (v == BackwardVariant::kWindow8 && vector_elements<scalar_t>(bytes, aligned_bytes) == 1) {
-    reason = "alignment allows no vector of the variant's width";
     v = BackwardVariant::kWindow;
     bytes = backward_vector_bytes(v, int(kt));
   }
@@ -1033,7 +1031,8 @@ void run_backward(BackwardVariant requested, BackwardArgs<scalar_t> args, int64_
     g.shared_bytes = size_t(g.block.x) * g.block.y * kvec * sizeof(acc_t);
     g.partial_rows = int64_t(g.grid.y) * g.grid.z;
     args.partials = alloc_partials(g.partial_rows);
-    launcher.launch(kernel, g, args, KernelNote{ran, reason, name, kt_value, kvec, kvec * int(sizeof(scalar_t)), 0});
+    const int vb = kvec * int(sizeof(scalar_t));  // grad_a and h of the next frame
+    launcher.launch(kernel, g, args, KernelNote{ran, reason, name, kt_value, kvec, vb, 0, 2 * vb});
   };
   with_kt(kt, [&](auto kt_tag) {
     constexpr int KT = decltype(kt_tag)::value;
@@ -1044,15 +1043,13 @@ void run_backward(BackwardVariant requested, BackwardArgs<scalar_t> args, int64_
       else run_window(&backward_kernel<scalar_t, KT, 1>, 1, threads, "backward_kernel", KT);
       return;
     }
-    if (v == BackwardVariant::kWindow8) {  // vec > 1 here
-      constexpr int W = wide<scalar_t, backward_vector_bytes(BackwardVariant::kWindow8, KT)>();
-      auto* kernel = &backward_kernel<scalar_t, KT, W>;
-      const int threads = variant_threads(launcher, (const void*)kernel, threads_env, kBackwardVariants[int(v)].threads);
-      run_window(kernel, W, threads, "backward_kernel", KT);
-      return;
-    }
-    if constexpr (!std::is_same_v<scalar_t, double>) {
-      if (v == BackwardVariant::kWindowCapped) {
+    if constexpr (!std::is_same_v<scalar_t, double>) {  // vec > 1 below
+      if (v == BackwardVariant::kWindow8) {
+        constexpr int W = wide<scalar_t, backward_vector_bytes(BackwardVariant::kWindow8, KT)>();
+        auto* kernel = &backward_kernel<scalar_t, KT, W>;
+        const int threads = variant_threads(launcher, (const void*)kernel, threads_env, kBackwardVariants[int(v)].threads);
+        run_window(kernel, W, threads, "backward_kernel", KT);
+      } else if (v == BackwardVariant::kWindowCapped) {
         constexpr int W = wide<scalar_t, backward_vector_bytes(BackwardVariant::kWindowCapped, KT)>();
         auto* kernel = &backward_kernel_capped<scalar_t, KT, W>;
         const int threads = variant_threads(launcher, (const void*)kernel, threads_env, kBackwardVariants[int(v)].threads);
@@ -1070,7 +1067,7 @@ void run_backward(BackwardVariant requested, BackwardArgs<scalar_t> args, int64_
           const int64_t items = int64_t(args.clips) * ((args.num_tokens + b.by - 1) / b.by);
           const Geometry g = persistent_shape(launcher, (const void*)kernel, "backward_async_kernel", b, items, args.num_frames, shared);
           args.partials = alloc_partials(g.partial_rows);
-          launcher.launch(kernel, g, args, KernelNote{ran, reason, "backward_async_kernel", KT, VEC, VEC * int(sizeof(scalar_t)), D});
+          launcher.launch(kernel, g, args, KernelNote{ran, reason, "backward_async_kernel", KT, VEC, VEC * int(sizeof(scalar_t)), D, 2 * D * VEC * int(sizeof(scalar_t))});
         };
         if (v == BackwardVariant::kAsync)
           go(std::integral_constant<int, wide<scalar_t, backward_vector_bytes(BackwardVariant::kAsync, KT)>()>{},
@@ -1087,7 +1084,7 @@ void run_backward(BackwardVariant requested, BackwardArgs<scalar_t> args, int64_
         const int64_t items = int64_t(args.clips) * ((args.num_tokens + b.by - 1) / b.by);
         const Geometry g = persistent_shape(launcher, (const void*)kernel, "backward_frames_kernel", b, items, args.num_frames, shared);
         args.partials = alloc_partials(g.partial_rows);
-        launcher.launch(kernel, g, args, KernelNote{ran, reason, "backward_frames_kernel", KT, VEC, VEC * int(sizeof(scalar_t)), 0});
+        launcher.launch(kernel, g, args, KernelNote{ran, reason, "backward_frames_kernel", KT, VEC, VEC * int(sizeof(scalar_t)), 0, (3 * KT - 1) * VEC * int(sizeof(scalar_t))});
       }
     }
   });
