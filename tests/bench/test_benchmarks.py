@@ -117,3 +117,25 @@ def test_gpu_branch_of_the_harness_keeps_its_fields(monkeypatch):
     assert all(r["graph_ms"] == 0.5 and r["graph_over_floor"] == 0.5 / r["floor_ms"] and r["median_ms"] == 2.0
                and "rounds" not in r for r in rows)
     assert progress.count == 2   # one per implementation that ran, per mode
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the CPU smoke path interprets Triton; on a GPU the sweep runs for real")
+def test_conv_kernel_sweep_smoke_path_on_the_cpu(tmp_path):
+    """benchmarks/cuda_kernel_sweep.py --device cpu --configs smoke: the compiled CPU kernels and interpreted
+    Triton configs checked and timed, every CUDA variant of the extension's table listed as not run, one JSON."""
+    import cuda_kernel_sweep
+    out = tmp_path / "sweep.json"
+    cuda_kernel_sweep.main(["--device", "cpu", "--configs", "smoke", "--triton-configs", "1", "--json", str(out)])
+    result = json.loads(out.read_text())
+    rows = result["conv_kernels"]
+    required = {"variant", "default", "direction", "dtype", "config", "us", "bytes", "bandwidth_fraction", "registers"}
+    assert all(required <= set(r) for r in rows)
+    variants = cuda_kernel_sweep.cuda_variants()
+    listed = {(r["direction"], r["variant"]) for r in rows if r["family"] == "cuda"}
+    assert listed == {(d, v) for d, names in variants.items() for v in names}
+    assert all(r["status"] == "not run: no CUDA device" for r in rows if r["family"] == "cuda")
+    timed = [r for r in rows if r["family"] in ("cpu", "triton")]
+    assert {(r["family"], r["direction"]) for r in timed} == {(f, d) for f in ("cpu", "triton") for d in ("fwd", "bwd")}
+    assert all(r["status"] == "timed" and r["us"] > 0 and r["parity_error"] < 1e-5 for r in timed)
+    assert len([r for r in timed if r["family"] == "triton"]) == 4   # autotuned + one fixed config, each direction
+    assert result["copy_bandwidth_Bps"] > 0 and {"fwd:triton", "bwd:triton"} <= set(result["recommended"])
