@@ -47,8 +47,9 @@ sweep)
         tests/kernels/test_kernel_variants.py
     step sweep 270 python3 benchmarks/cuda_kernel_sweep.py --max-seconds 240 --ncu --json "$OUT/sweep.json"
     recommend sweep
-    # Out-of-bounds accesses and races of every variant on the parity shapes (compute-sanitizer, where it works).
-    step memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 3 \
+    # Out-of-bounds accesses of every variant on the parity shapes (compute-sanitizer, where it works); without
+    # the caching allocator, so that each tensor is its own allocation and a stray access cannot land in a neighbour.
+    step memcheck 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 3 \
         python3 benchmarks/cuda_kernel_sweep.py --parity-only "$OUT/memcheck.jsonl"
     ;;
 build-test-bench)
