@@ -117,3 +117,71 @@ def test_gpu_branch_of_the_harness_keeps_its_fields(monkeypatch):
     assert all(r["graph_ms"] == 0.5 and r["graph_over_floor"] == 0.5 / r["floor_ms"] and r["median_ms"] == 2.0
                and "rounds" not in r for r in rows)
     assert progress.count == 2   # one per implementation that ran, per mode
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the CPU smoke path interprets Triton; on a GPU the sweep runs for real")
+def test_conv_kernel_sweep_smoke_path_on_the_cpu(tmp_path):
+    """benchmarks/cuda_kernel_sweep.py --device cpu --configs smoke: the compiled CPU kernels and interpreted
+    Triton configs checked and timed, every CUDA variant of the extension's table listed as not run, one JSON."""
+    import cuda_kernel_sweep
+    out = tmp_path / "sweep.json"
+    cuda_kernel_sweep.main(["--device", "cpu", "--configs", "smoke", "--triton-configs", "1", "--json", str(out)])
+    result = json.loads(out.read_text())
+    rows = result["conv_kernels"]
+    required = {"variant", "default", "direction", "dtype", "config", "us", "bytes", "bandwidth_fraction", "registers"}
+    assert all(required <= set(r) for r in rows)
+    variants = cuda_kernel_sweep.cuda_variants()
+    listed = {(r["direction"], r["variant"]) for r in rows if r["family"] == "cuda"}
+    assert listed == {(d, v) for d, names in variants.items() for v in names}
+    assert all(r["status"] == "not run: no CUDA device" for r in rows if r["family"] == "cuda")
+    timed = [r for r in rows if r["family"] in ("cpu", "triton")]
+    assert {(r["family"], r["direction"]) for r in timed} == {(f, d) for f in ("cpu", "triton") for d in ("fwd", "bwd")}
+    assert all(r["status"] == "timed" and r["us"] > 0 and r["parity_error"] < 1e-5 for r in timed)
+    assert len([r for r in timed if r["family"] == "triton"]) == 4   # autotuned + one fixed config, each direction
+    assert result["copy_bandwidth_Bps"] > 0 and {"fwd:triton", "bwd:triton"} <= set(result["recommended"])
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="on a GPU the sweep's GPU branch runs for real (gpu_session.sh)")
+def test_conv_kernel_sweep_gpu_branch_on_cpu_tensors(tmp_path, monkeypatch, capsys):
+    """The sweep's GPU code path (parity child, every variant and thread count, failed variants reported and not
+    timed, recommendations and their export line) on CPU tensors, the GPU-only pieces replaced: the compiled op
+    then runs its CPU kernel whatever variant is asked for, which is enough to exercise the bookkeeping."""
+    import types
+    import cuda_kernel_sweep as sweep
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(sweep, "PARITY_DEVICE", "cpu")
+    monkeypatch.setattr(sweep, "PARITY_CASES", [(2, 3, 5, 16, "patch-rows")])
+
+    def parity_in_process(deadline):   # the child's code, in this process; one variant made to fail
+        path = str(tmp_path / "parity.jsonl")
+        sweep.parity_child(path, skip={"bwd:frames"})
+        with open(path) as f:
+            results = {(r["direction"], r["variant"]): r for r in map(json.loads, f)}
+        results[("bwd", "frames")] = dict(direction="bwd", variant="frames", ok=False, crashed=True, failures=["x"])
+        return results
+    monkeypatch.setattr(sweep, "run_parity", parity_in_process)
+    monkeypatch.setattr(sweep, "graph_us", sweep.cpu_us)
+    monkeypatch.setattr(sweep, "measure_ceilings", lambda device, bench: (1e11, 1e13))
+    real_tensors = sweep.tensors
+    monkeypatch.setattr(sweep, "tensors", lambda config, dtype, device, **kw: real_tensors(config, dtype, "cpu", **kw))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: types.SimpleNamespace(multi_processor_count=2))
+    out = tmp_path / "sweep.json"
+    result = sweep.main(["--configs", "smoke", "--dtypes", "float32", "--triton-configs", "1", "--ncu",
+                         "--json", str(out)])
+    variants = sweep.cuda_variants()
+    parity = {(p["direction"], p["variant"]): p for p in result["parity"]}
+    assert set(parity) == {(d, v) for d, names in variants.items() for v in names}
+    assert all(p["ok"] for k, p in parity.items() if k != ("bwd", "frames"))
+    rows = json.loads(out.read_text())["conv_kernels"]
+    cuda = [r for r in rows if r["family"] == "cuda"]
+    failed = [r for r in cuda if r["variant"] == "frames" and r["direction"] == "bwd"]
+    assert len(failed) == 1 and failed[0]["status"] == "parity failed" and failed[0]["us"] is None
+    timed = {(r["direction"], r["variant"]) for r in cuda if r["status"] == "timed"}
+    assert timed == {(d, v) for d, names in variants.items() for v in names} - {("bwd", "frames")}
+    assert sum(r["default"] for r in cuda) == 2 and all(r["parity_error"] < 1e-5 for r in cuda if r["us"])
+    assert {"fwd:cuda", "bwd:cuda", "fwd:triton", "bwd:triton"} <= set(result["recommended"])
+    assert result["ncu"] == {"skipped": "ncu is not on the PATH"} or "skipped" in json.dumps(result["ncu"])
+    printed = capsys.readouterr().out
+    assert "recommended: export ST_ADAPTER_FAST_CUDA_FWD_VARIANT=" in printed and "_BWD_VARIANT=" in printed

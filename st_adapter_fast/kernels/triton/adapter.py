@@ -24,6 +24,63 @@ _INTERPRET_MATMUL_BLOCKS = dict(BLOCK_M=32, BLOCK_NC=32, BLOCK_K=32, GROUP_M=4)
 
 MIN_BLOCK_N = 16  # sizes the backward's partial-sum buffer; no config may go below it
 
+# A fixed launch config of the conv kernels, instead of autotuning: "BLOCK_N=64,BLOCK_CA=64,num_warps=4,num_stages=3"
+# (BLOCK_K, only read with the fused down-projection, defaults to 64; num_warps to 4, num_stages to 3), from
+# ST_ADAPTER_FAST_TRITON_{FWD,BWD}_CONFIG at each call or the `config` argument of the launches below. Used by
+# benchmarks/cuda_kernel_sweep.py to time each config alone; unset, the kernels autotune as before.
+CONV_CONFIG_ENV = {"fwd": "ST_ADAPTER_FAST_TRITON_FWD_CONFIG", "bwd": "ST_ADAPTER_FAST_TRITON_BWD_CONFIG"}
+_CONFIG_DEFAULTS = dict(BLOCK_K=64, num_warps=4, num_stages=3)
+_POWER_OF_TWO = ("BLOCK_N", "BLOCK_CA", "BLOCK_K", "num_warps")
+
+
+def parse_conv_config(text):
+    """{'BLOCK_N', 'BLOCK_CA', 'BLOCK_K', 'num_warps', 'num_stages'} from "KEY=VALUE,..." (or a dict of them);
+    ValueError naming the problem for unknown keys, missing blocks, or sizes that are not powers of two."""
+    if isinstance(text, dict):
+        items = dict(text)
+    else:
+        items = {}
+        for part in filter(None, (p.strip() for p in str(text).split(","))):
+            key, sep, value = part.partition("=")
+            if not sep or not value.strip().lstrip("-").isdigit():
+                raise ValueError(f"Triton conv config {text!r}: expected KEY=INTEGER items, got {part!r}")
+            items[key.strip()] = int(value)
+    config = dict(_CONFIG_DEFAULTS, **items)
+    unknown = sorted(set(config) - {"BLOCK_N", "BLOCK_CA", *_CONFIG_DEFAULTS})
+    if unknown or not {"BLOCK_N", "BLOCK_CA"} <= set(config):
+        raise ValueError(f"Triton conv config {text!r}: needs BLOCK_N and BLOCK_CA, may set BLOCK_K, num_warps, "
+                         f"num_stages; unknown: {unknown}")
+    for key in _POWER_OF_TWO:
+        if config[key] < 1 or config[key] & (config[key] - 1):
+            raise ValueError(f"Triton conv config {text!r}: {key} must be a power of two, got {config[key]}")
+    if config["BLOCK_N"] < MIN_BLOCK_N or config["BLOCK_CA"] < 16 or config["BLOCK_K"] < 16 or config["num_stages"] < 1:
+        raise ValueError(f"Triton conv config {text!r}: BLOCK_N >= {MIN_BLOCK_N}, BLOCK_CA >= 16, BLOCK_K >= 16 and "
+                         f"num_stages >= 1 are required")
+    return config
+
+
+def config_text(config):
+    return ",".join(f"{k}={config[k]}" for k in ("BLOCK_N", "BLOCK_CA", "BLOCK_K", "num_warps", "num_stages"))
+
+
+def conv_config(direction, config=None):
+    """The fixed config a conv launch of `direction` ("fwd" or "bwd") uses: `config` if given, else the
+    environment's, else None (autotuning)."""
+    if config is None:
+        config = os.environ.get(CONV_CONFIG_ENV[direction]) or None
+    return None if config is None else parse_conv_config(config)
+
+
+def sweep_conv_configs():
+    """The configs benchmarks/cuda_kernel_sweep.py times one by one: the autotuning list, then other warp counts,
+    pipeline depths and block shapes (tokens x channels per program)."""
+    tuned = [parse_conv_config(dict(BLOCK_N=c.kwargs["BLOCK_N"], BLOCK_CA=c.kwargs["BLOCK_CA"], BLOCK_K=c.kwargs["BLOCK_K"],
+                                    num_warps=c.num_warps, num_stages=c.num_stages)) for c in _conv_configs()]
+    extra = [dict(BLOCK_N=64, BLOCK_CA=64, num_warps=2, num_stages=3), dict(BLOCK_N=64, BLOCK_CA=64, num_warps=4, num_stages=1),
+             dict(BLOCK_N=64, BLOCK_CA=64, num_warps=4, num_stages=2), dict(BLOCK_N=16, BLOCK_CA=128, num_warps=4, num_stages=3),
+             dict(BLOCK_N=128, BLOCK_CA=32, num_warps=4, num_stages=3), dict(BLOCK_N=32, BLOCK_CA=32, num_warps=2, num_stages=3)]
+    return tuned + [parse_conv_config(c) for c in extra]
+
 
 def _conv_configs():
     # Wide channel blocks let the fused down-projection read each x row fewer times (Ca / BLOCK_CA).
@@ -58,6 +115,20 @@ _conv_bwd = _tuned(down_conv_act_bwd_kernel, _conv_configs(), ["C", "CA", "KT", 
 _matmul_residual = _tuned(matmul_residual_kernel, _matmul_configs(), ["K", "NC"], _INTERPRET_MATMUL_BLOCKS)
 
 
+# The compiled kernel of the last fixed-config launch per kernel name (its n_regs / n_spills, for the sweep).
+LAST_FIXED_LAUNCH = {}
+
+
+def _fixed(kernel, config):
+    """A conv kernel launched with one config (no autotuning)."""
+    blocks = {k: config[k] for k in ("BLOCK_N", "BLOCK_CA", "BLOCK_K")}
+
+    def launch(grid, **kw):
+        LAST_FIXED_LAUNCH[kernel.__name__] = kernel[grid](**kw, **blocks, num_warps=config["num_warps"],
+                                                          num_stages=config["num_stages"])
+    return launch
+
+
 def _conv_grid(batch, num_patches, adapter_channels):
     return lambda meta: (batch * triton.cdiv(num_patches, meta["BLOCK_N"]) * triton.cdiv(adapter_channels,
                                                                                         meta["BLOCK_CA"]),)
@@ -86,11 +157,13 @@ class TritonKernels(ConvKernels):
         return FUSED_GEMM
 
     def conv_act_forward(self, *, x_patch, fc1_weight, fc1_bias, conv_weight, conv_bias, h, a, num_frames,
-                         activation, store_h):
+                         activation, store_h, config=None):
         frames, num_patches, channels = x_patch.shape
         Ca, kt = conv_weight.shape
         dot_dtype, precision = dot_settings(fc1_weight.dtype)
-        _conv_fwd(_conv_grid(frames // num_frames, num_patches, Ca),
+        fixed = conv_config("fwd", config)
+        launch = _fixed(down_conv_act_fwd_kernel, fixed) if fixed else _conv_fwd
+        launch(_conv_grid(frames // num_frames, num_patches, Ca),
                   x_ptr=x_patch, w1_ptr=fc1_weight, b1_ptr=fc1_bias, wc_ptr=conv_weight, bc_ptr=conv_bias, h_ptr=h,
                   a_ptr=a, T=num_frames, N=num_patches, C=channels, CA=Ca,
                   stride_xf=x_patch.stride(0), stride_xn=x_patch.stride(1),
@@ -100,15 +173,24 @@ class TritonKernels(ConvKernels):
                   DOT_DTYPE=dot_dtype, DOT_PRECISION=precision)
 
     def conv_act_backward(self, *, g_patch, fc2_weight, h, conv_weight, conv_bias, a, grad_h, num_frames,
-                          activation):
+                          activation, config=None):
         frames, num_patches, Ca = h.shape
         kt = conv_weight.shape[1]
         batch = frames // num_frames
+        fixed = conv_config("bwd", config)
         # One row block of partials per (clip, token block) program, summed in a fixed order: deterministic.
-        max_parts = batch * triton.cdiv(num_patches, MIN_BLOCK_N)
-        partials = torch.zeros((max_parts, kt + 2, Ca), device=h.device, dtype=torch.float32)
+        # Autotuned, the block size is known only inside the launch: rows for the smallest, zeroed. With a fixed
+        # config every row is written (each program its own, all channel blocks together every column).
+        if fixed:
+            partials = torch.empty((batch * triton.cdiv(num_patches, fixed["BLOCK_N"]), kt + 2, Ca), device=h.device,
+                                   dtype=torch.float32)
+            launch = _fixed(down_conv_act_bwd_kernel, fixed)
+        else:
+            max_parts = batch * triton.cdiv(num_patches, MIN_BLOCK_N)
+            partials = torch.zeros((max_parts, kt + 2, Ca), device=h.device, dtype=torch.float32)
+            launch = _conv_bwd
         dot_dtype, precision = dot_settings(h.dtype)
-        _conv_bwd(_conv_grid(batch, num_patches, Ca),
+        launch(_conv_grid(batch, num_patches, Ca),
                   g_ptr=g_patch, w2_ptr=fc2_weight, h_ptr=h, wc_ptr=conv_weight, bc_ptr=conv_bias, a_ptr=a,
                   gh_ptr=grad_h, part_ptr=partials, T=num_frames, N=num_patches, C=fc2_weight.shape[0], CA=Ca,
                   stride_gf=g_patch.stride(0), stride_gn=g_patch.stride(1),
