@@ -31,22 +31,16 @@ class BackboneType:
     num_prefix_tokens: Callable     # model -> class and register tokens before the patch tokens
 
 
-def _at(path, inside=None):
-    """A getter of the attribute `path` ("a.b.c") of a model, or of its `inside` module if it has one (a plain
-    function rather than operator.attrgetter: torch.compile traces it)."""
+def _at(path):
+    """A getter of the attribute `path` ("a.b.c") of a model (a plain function rather than operator.attrgetter:
+    torch.compile traces it)."""
     names = path.split(".")
 
     def get(model):
-        model = getattr(model, inside, model) if inside else model
         for name in names:
             model = getattr(model, name)
         return model
     return get
-
-
-def _hf(path):
-    """A getter of `path` in a transformers vision model (under its `vision_model` in transformers 4)."""
-    return _at(path, inside="vision_model")
 
 
 def _one(model):
@@ -62,8 +56,8 @@ def _with_registers(model):
 
 
 _TIMM = BackboneType(timm, _at("blocks"), _at("patch_embed.proj"), timm.final_norm, timm.num_prefix_tokens)
-_HF_CLIP = BackboneType(hf, _hf("encoder.layers"), _hf("embeddings.patch_embedding"), _hf("post_layernorm"), _one)
-_HF_DINO = BackboneType(hf, _hf("encoder.layer"), _hf("embeddings.patch_embeddings.projection"), _hf("layernorm"),
+_HF_CLIP = BackboneType(hf, _at("encoder.layers"), _at("embeddings.patch_embedding"), _at("post_layernorm"), _one)
+_HF_DINO = BackboneType(hf, _at("encoder.layer"), _at("embeddings.patch_embeddings.projection"), _at("layernorm"),
                         _one)
 
 # Keyed by the class's module and name (nothing here imports a library), matched along a model's MRO.
@@ -72,12 +66,12 @@ BACKBONE_TYPES = {
     "timm.models.eva.Eva": _TIMM,
     "transformers.models.clip.modeling_clip.CLIPVisionModel": _HF_CLIP,
     "transformers.models.siglip.modeling_siglip.SiglipVisionModel": BackboneType(
-        hf, _hf("encoder.layers"), _hf("embeddings.patch_embedding"), _hf("post_layernorm"), _none),
+        hf, _at("encoder.layers"), _at("embeddings.patch_embedding"), _at("post_layernorm"), _none),
     "transformers.models.dinov2.modeling_dinov2.Dinov2Model": _HF_DINO,
     "transformers.models.dinov2_with_registers.modeling_dinov2_with_registers.Dinov2WithRegistersModel":
         dataclasses.replace(_HF_DINO, num_prefix_tokens=_with_registers),
     "transformers.models.dinov3_vit.modeling_dinov3_vit.DINOv3ViTModel": BackboneType(
-        hf, _hf("model.layer"), _hf("embeddings.patch_embeddings"), _hf("norm"), _with_registers),
+        hf, _at("model.layer"), _at("embeddings.patch_embeddings"), _at("norm"), _with_registers),
     "open_clip.transformer.VisionTransformer": BackboneType(
         open_clip, _at("transformer.resblocks"), _at("conv1"), _at("ln_post"), _one),
 }
