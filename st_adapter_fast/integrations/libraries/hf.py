@@ -3,6 +3,7 @@ DINOv3ViTModel, built from a config (a built-in model type's defaults or a local
 overrides), never downloaded."""
 import os
 
+from . import import_library
 from ..state import matching_state, read_state_dict
 
 # model type of a vision config -> the transformers class of its vision model
@@ -17,12 +18,7 @@ _BACKBONE_FIELDS = ("stage_names", "out_features", "out_indices")
 
 
 def _transformers():
-    try:
-        import transformers
-    except ImportError as error:
-        raise ImportError(f"Hugging Face models need transformers ({error}): install st-adapter-fast with its "
-                          "[hf] extra (pip install transformers)") from None
-    return transformers
+    return import_library("transformers", "transformers", "hf")
 
 
 def check_name(name):

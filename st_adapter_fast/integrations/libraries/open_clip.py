@@ -3,16 +3,12 @@ CLIP's architecture) or of a local model-config JSON, with overrides, never down
 import json
 import os
 
+from . import import_library
 from ..state import matching_state, read_state_dict
 
 
 def _open_clip():
-    try:
-        import open_clip
-    except ImportError as error:
-        raise ImportError(f"open_clip models need open_clip_torch ({error}): install st-adapter-fast with its "
-                          "[open_clip] extra (pip install open_clip_torch)") from None
-    return open_clip
+    return import_library("open_clip", "open_clip_torch", "open_clip")
 
 
 def _model_config(name):

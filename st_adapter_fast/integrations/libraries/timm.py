@@ -1,14 +1,11 @@
 """timm: VisionTransformer and Eva models (CLIP, DINOv2/v3, DeiT, SigLIP, EVA-02, PE, RoPE ViTs, ...)."""
 import sys
 
+from . import import_library
+
 
 def _timm():
-    try:
-        import timm
-    except ImportError as error:
-        raise ImportError(f"the timm integration needs timm ({error}): pip install timm, or install "
-                          "st-adapter-fast with its [video] extra") from None
-    return timm
+    return import_library("timm", "timm", "video")
 
 
 def check_name(name):
