@@ -92,11 +92,11 @@ def strip_head(model):
 
 
 def set_grad_checkpointing(model, enable):
-    """transformers' own switch (activation_checkpointing_enable in transformers >= 5.x, before that
-    gradient_checkpointing_enable)."""
+    """transformers' own switch: activation_checkpointing_enable where it exists (gradient_checkpointing_enable,
+    its older name, is deprecated there)."""
     verb = "enable" if enable else "disable"
-    switch = getattr(model, f"activation_checkpointing_{verb}", None) or getattr(model, f"gradient_checkpointing_{verb}")
-    switch()
+    switch = getattr(model, f"activation_checkpointing_{verb}", None)
+    (switch or getattr(model, f"gradient_checkpointing_{verb}"))()
 
 
 def check(model):
