@@ -24,6 +24,7 @@ import contextlib
 import numbers
 import warnings
 
+import torch
 from torch import nn
 
 from ..activations import check_activation
@@ -172,50 +173,57 @@ def add_st_adapters(model, adapter_channels=384, kernel_size=(3, 1, 1), placemen
     kind = backbone_type(model)
     if has_st_adapters(model):
         raise ValueError("this model already has ST-Adapters (remove_st_adapters removes them)")
-    adapter_channels = as_int("adapter_channels", adapter_channels, 1)
-    kernel_size = check_kernel_size(kernel_size)
-    placement = _check_placement(placement)
+    settings = _checked_settings(adapter_channels, kernel_size, placement, activation, backend)
     num_frames = as_int("num_frames", num_frames, 1)
-    activation = check_activation(activation)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if not isinstance(freeze, bool):
         raise TypeError(f"freeze must be a bool, got {freeze!r}")
     blocks = kind.blocks(model)
     indices = _layer_indices(len(blocks), layers)
     for i in indices:
-        _check_block(blocks[i], i, placement)
-    conv = kind.patch_conv(model)
-    prefix_tokens = kind.num_prefix_tokens(model)
-    state = _AdapterState(num_frames, None)
-    parameter = next(model.parameters(), None)
-    new = {i: {where: STAdapter(conv.out_channels, adapter_channels, kernel_size, activation=activation,
-                                num_prefix_tokens=prefix_tokens, backend=backend) for where in placement}
-           for i in indices}
-    if parameter is not None:
-        new = {i: {where: a.to(parameter.device) for where, a in adapters.items()} for i, adapters in new.items()}
+        _check_block(blocks[i], i, settings["placement"])
+    conv, prefix_tokens = kind.patch_conv(model), kind.num_prefix_tokens(model)
+    device = next(model.parameters(), torch.empty(0)).device
 
+    def adapter():
+        return STAdapter(conv.out_channels, settings["adapter_channels"], settings["kernel_size"],
+                         activation=activation, num_prefix_tokens=prefix_tokens, backend=backend).to(device)
+    new = {i: {where: adapter() for where in settings["placement"]} for i in indices}
+    _hook_in(model, blocks, conv, new, _AdapterState(num_frames, None), freeze)
+    model.st_adapter_config = dict(settings, kernel_size=list(settings["kernel_size"]),
+                                   placement=list(settings["placement"]), layers=indices,
+                                   num_prefix_tokens=prefix_tokens, embed_dim=conv.out_channels,
+                                   num_blocks=len(blocks))
+    return given
+
+
+def _checked_settings(adapter_channels, kernel_size, placement, activation, backend):
+    """The adapters' settings, checked, in the order adapter_config records them (backend is not recorded)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return dict(adapter_channels=as_int("adapter_channels", adapter_channels, 1),
+                kernel_size=check_kernel_size(kernel_size), placement=_check_placement(placement),
+                activation=check_activation(activation))
+
+
+def _hook_in(model, blocks, conv, new, state, freeze):
+    """Attach the adapters `new` ({block index: {placement: STAdapter}}) and their hooks, and record on `model`
+    what remove_st_adapters undoes; all or nothing."""
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     handles = [conv.register_forward_hook(_GridHook(state))]
     try:
         for i, adapters in new.items():
             handles += _attach(blocks[i], adapters, state)
     except BaseException:
-        _detach(model, blocks, handles)
+        _detach(blocks, handles)
         raise
     if freeze:
         model.requires_grad_(False)
         for adapters in new.values():
             for adapter in adapters.values():
                 adapter.requires_grad_(True)
-    model.st_adapter_config = dict(adapter_channels=adapter_channels, kernel_size=list(kernel_size),
-                                   placement=list(placement), layers=indices, activation=activation,
-                                   num_prefix_tokens=prefix_tokens, embed_dim=conv.out_channels,
-                                   num_blocks=len(blocks))
     model._st_adapter_state = state
     model._st_adapter_hooks = handles
     model._st_adapter_requires_grad = requires_grad
-    return given
 
 
 def _uncompiled(model, what):
@@ -262,7 +270,7 @@ def _iterable(value):
     return True
 
 
-def _detach(model, blocks, handles):
+def _detach(blocks, handles):
     """Remove the hooks `handles` and every adapter module from `blocks`."""
     for handle in handles:
         handle.remove()
@@ -278,7 +286,7 @@ def remove_st_adapters(model):
     backbone computes. `model` is the adapted model or a module holding it (a VideoClassifier, which
     then classifies with the plain frozen backbone: a linear probe)."""
     adapted = adapted_module(_uncompiled(model, "remove_st_adapters"))
-    _detach(adapted, backbone_type(adapted).blocks(adapted), adapted._st_adapter_hooks)
+    _detach(backbone_type(adapted).blocks(adapted), adapted._st_adapter_hooks)
     for name, p in adapted.named_parameters():
         p.requires_grad_(adapted._st_adapter_requires_grad.get(name, p.requires_grad))
     for name in ("st_adapter_config", "_st_adapter_state", "_st_adapter_hooks", "_st_adapter_requires_grad"):
