@@ -233,7 +233,7 @@ def _uncompiled(model, what):
     if not isinstance(model, nn.Module):
         raise TypeError(f"{what} expects a torch.nn.Module, got {type(model).__name__}")
     if any(hasattr(m, "_orig_mod") or getattr(m, "_compiled_call_impl", None) is not None for m in model.modules()):
-        warnings.warn(f"{what} on a torch.compile'd module: graphs it has already compiled do not see the change "
+        warnings.warn(f"{what} on a torch.compile'd module: graphs it has already compiled may not see the change "
                       "of hooks and keep computing the model as it was; call torch._dynamo.reset() or compile the "
                       "model again (best: add adapters before compiling)", stacklevel=3)
     return getattr(model, "_orig_mod", model)

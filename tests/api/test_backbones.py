@@ -332,6 +332,18 @@ def test_library_model_specs():
         create_backbone("hf:clip", hidden_size=30)   # not a multiple of the 12 heads
 
 
+def test_open_clip_model_config_file(tmp_path):
+    """A local open_clip model-config JSON is a model spec, recorded with its absolute path."""
+    import json
+    pytest.importorskip("open_clip")
+    path = tmp_path / "tiny-vit.json"
+    path.write_text(json.dumps(dict(embed_dim=16, quick_gelu=True, vision_cfg=OPEN_CLIP)))
+    model = saf.build_video_classifier(f"open_clip:{path}", 5, num_frames=2, adapter_channels=8, seed=0)
+    assert model.build_arguments["model_name"] == f"open_clip:{path}"
+    assert type(model.backbone.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+    assert model(torch.randn(1, 3, 2, 32, 32)).shape == (1, 5)
+
+
 def test_hf_config_folder_and_checkpoint_file(tmp_path):
     """A local transformers config folder is a model spec; a checkpoint file loads strictly, every tensor
     checked before the first copy."""

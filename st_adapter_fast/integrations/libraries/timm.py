@@ -1,6 +1,8 @@
 """timm: VisionTransformer and Eva models (CLIP, DINOv2/v3, DeiT, SigLIP, EVA-02, PE, RoPE ViTs, ...)."""
 import sys
 
+from torch import nn
+
 from . import import_library
 
 
@@ -49,7 +51,6 @@ def features(model, images):
 
 def final_norm(model):
     """The first norm after the blocks: `norm` on every token, or `fc_norm` on the pooled one (average pooling)."""
-    from torch import nn
     for name in ("norm", "fc_norm"):
         if not isinstance(getattr(model, name), nn.Identity):
             return getattr(model, name)
