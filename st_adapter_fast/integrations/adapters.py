@@ -11,7 +11,8 @@ that the block adds to x. With A the adapter before attention (identity if none)
                the block adds  b + d + (M(y) - y)  to x,  giving  x + b + (xa - x) + (M(y) - y) = M(y)
 
 Each correction (d, M(y) - y) is exactly zero for an adapter at its identity init, so the block then returns
-exactly the plain block's output, in every dtype (adding them to x instead of to b would round x + b twice).
+exactly the plain block's output, in every dtype (returning M(y) - x, for the block to add to x, would round
+x + b a second time: off by one unit in the last place wherever x and b nearly cancel in half precision).
 
 The frame count, the patch grid (read from the patch embedding's output, so a model that takes other image
 sizes gets the grid of each input) and whether the adapters are on are one state per adapted model, read by
@@ -45,9 +46,9 @@ class _AdapterState:
     threads recompute checkpointed blocks with the values that the forward set (thread-local values would give
     them the initial ones)."""
 
-    def __init__(self, num_frames, grid):
+    def __init__(self, num_frames):
         self.num_frames = num_frames
-        self.grid = grid
+        self.grid = None   # until the first input: each adapter's own grid_size (None: square)
         self.enabled = True
 
 
@@ -188,7 +189,7 @@ def add_st_adapters(model, adapter_channels=384, kernel_size=(3, 1, 1), placemen
         return STAdapter(conv.out_channels, settings["adapter_channels"], settings["kernel_size"],
                          activation=activation, num_prefix_tokens=prefix_tokens, backend=backend).to(device)
     new = {i: {where: adapter() for where in settings["placement"]} for i in indices}
-    _hook_in(model, blocks, conv, new, _AdapterState(num_frames, None), freeze)
+    _hook_in(model, blocks, conv, new, _AdapterState(num_frames), freeze)
     model.st_adapter_config = dict(settings, kernel_size=list(settings["kernel_size"]),
                                    placement=list(settings["placement"]), layers=indices,
                                    num_prefix_tokens=prefix_tokens, embed_dim=conv.out_channels,
