@@ -3,8 +3,9 @@ from . import video  # noqa: F401 -- lets from_pretrained read a train run's fol
 from .checkpoint import load_adapters, save_adapters
 from .convert import convert
 from .integrations.pretrained import from_pretrained
-from .integrations.timm import (VideoClassifier, adapter_config, add_st_adapters, build_video_classifier,
-                                disable_adapters, remove_st_adapters, set_num_frames)
+from .integrations.adapters import (adapter_config, add_st_adapters, disable_adapters, remove_st_adapters,
+                                    set_num_frames)
+from .integrations.classifier import VideoClassifier, build_video_classifier
 from .module import STAdapter
 from .ops import BACKENDS, st_adapter
 from .reference import STAdapterReference

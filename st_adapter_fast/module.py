@@ -14,7 +14,8 @@ class STAdapter(STAdapterReference):
             backend that cannot run an input raises an error saying why. The kernels cover temporal kernels
             (kt, 1, 1) with odd kt <= 7. (The README's backend table lists every case.)
 
-    ``forward(x, num_frames)``: (B*T, L, C) -> (B*T, L, C); ``x`` is never written.
+    ``forward(x, num_frames, grid_size=None)``: (B*T, L, C) -> (B*T, L, C); ``x`` is never written; ``grid_size``:
+    this call's patch grid (default: the module's).
     """
 
     def __init__(self, in_channels, adapter_channels, kernel_size=(3, 1, 1), *, activation="gelu",
@@ -25,9 +26,10 @@ class STAdapter(STAdapterReference):
                          num_prefix_tokens=num_prefix_tokens, grid_size=grid_size)
         self.backend = backend
 
-    def forward(self, x, num_frames):
+    def forward(self, x, num_frames, grid_size=None):
         return st_adapter(x, num_frames, *self.adapter_params(), activation=self.activation,
-                          num_prefix_tokens=self.num_prefix_tokens, grid_size=self.grid_size,
+                          num_prefix_tokens=self.num_prefix_tokens,
+                          grid_size=self.grid_size if grid_size is None else grid_size,
                           backend=self.backend)
 
     def extra_repr(self):

@@ -56,7 +56,8 @@ class STAdapterReference(nn.Module):
         num_prefix_tokens: class/register tokens at the start of each frame, passed through unchanged.
         grid_size: (H, W) of the patch grid; default: square root of the patch count.
 
-    ``forward(x, num_frames)`` maps (B*T, L, C) -> (B*T, L, C) without writing to ``x``.
+    ``forward(x, num_frames, grid_size=None)`` maps (B*T, L, C) -> (B*T, L, C) without writing to ``x``;
+    ``grid_size`` there is this call's patch grid (default: the module's), for models that take other image sizes.
     As in the authors' code, ``conv`` and all biases start at zero, so a new adapter is the identity.
     """
 
@@ -81,9 +82,10 @@ class STAdapterReference(nn.Module):
         return (self.fc1.weight, self.fc1.bias, self.conv.weight, self.conv.bias,
                 self.fc2.weight, self.fc2.bias)
 
-    def forward(self, x, num_frames):
+    def forward(self, x, num_frames, grid_size=None):
         return st_adapter_reference(x, num_frames, *self.adapter_params(), activation=self.activation,
-                                    num_prefix_tokens=self.num_prefix_tokens, grid_size=self.grid_size)
+                                    num_prefix_tokens=self.num_prefix_tokens,
+                                    grid_size=self.grid_size if grid_size is None else grid_size)
 
     def extra_repr(self):
         return (f"activation={self.activation!r}, num_prefix_tokens={self.num_prefix_tokens}, "

@@ -63,10 +63,10 @@ class _AdapterNode(torch.autograd.Function):
     inner graph stays on ctx (not save_for_backward: it is no input or output of this node)."""
 
     @staticmethod
-    def forward(ctx, adapter, num_frames, x, *params):
+    def forward(ctx, adapter, num_frames, grid_size, x, *params):
         with torch.enable_grad():
             ctx.inputs = [x.detach().requires_grad_(x.requires_grad)] + list(params)
-            ctx.y = _unwrapped_forward(adapter, ctx.inputs[0], num_frames)
+            ctx.y = _unwrapped_forward(adapter, ctx.inputs[0], num_frames, grid_size)
         return ctx.y.detach()
 
     @staticmethod
@@ -74,7 +74,7 @@ class _AdapterNode(torch.autograd.Function):
         wanted = [t for t in ctx.inputs if t.requires_grad]
         with torch.enable_grad():
             grads = iter(torch.autograd.grad(ctx.y, wanted, grad_y))
-        return (None, None) + tuple(next(grads) if t.requires_grad else None for t in ctx.inputs)
+        return (None, None, None) + tuple(next(grads) if t.requires_grad else None for t in ctx.inputs)
 
 
 _unwrapped_forward = STAdapter.forward
@@ -83,9 +83,9 @@ _unwrapped_forward = STAdapter.forward
 @contextlib.contextmanager
 def _adapters_as_profiled_nodes():
     """Every STAdapter call runs as one `_AdapterNode` inside a record_function("adapters.forward")."""
-    def forward(adapter, x, num_frames):
+    def forward(adapter, x, num_frames, grid_size=None):
         with torch.profiler.record_function("adapters.forward"):
-            return _AdapterNode.apply(adapter, num_frames, x, *adapter.parameters())
+            return _AdapterNode.apply(adapter, num_frames, grid_size, x, *adapter.parameters())
 
     STAdapter.forward = forward
     try:

@@ -12,7 +12,7 @@ import warnings
 import torch
 
 from ..checkpoint import CLASSIFIER_KEY, CONFIG_NAME, load_adapters, read_adapter_config
-from .timm import build_video_classifier
+from .classifier import build_video_classifier
 
 # Callables folder -> build_video_classifier arguments, or None when the folder is not theirs; asked in order
 # when adapter_config.json records no build arguments.

@@ -180,15 +180,14 @@ def test_placement_names():
 
 
 @pytest.mark.parametrize("name, size", [("eva02_tiny_patch14_224", 28), ("vit_small_patch16_rope_224", 32)])
-def test_blocks_mlp_does_not_support_take_attn(name, size):
-    """EVA and the RoPE ViTs (EVA's blocks): 'mlp' is refused saying what works, 'attn' works."""
-    with pytest.raises(TypeError, match="EvaBlock.*placement 'attn' works"):
-        saf.add_st_adapters(timm.create_model(name, num_classes=0, img_size=size, depth=1), 8, placement="mlp")
+@pytest.mark.parametrize("placement", ["mlp", "attn"])
+def test_eva_blocks_take_both_placements(name, size, placement):
+    """EVA and the RoPE ViTs (EVA's blocks): both placements, exactly the plain model at init."""
     torch.manual_seed(0)
     plain = timm.create_model(name, num_classes=0, img_size=size, depth=1).eval()
     images = torch.randn(2, 3, size, size)
     expected = plain(images)
-    saf.add_st_adapters(plain, 8, placement="attn", num_frames=2)
+    saf.add_st_adapters(plain, 8, placement=placement, num_frames=2)
     assert torch.equal(plain(images), expected)
     assert saf.VideoClassifier(plain, 3)(torch.randn(1, 3, 2, size, size)).shape == (1, 3)
 

@@ -96,18 +96,25 @@ def randomised(model):
     return model.eval()
 
 
+OPEN_CLIP = "open_clip:ViT-B-16-quickgelu"
+
+
 def ours(placement, model="vit_base_patch16_clip_quickgelu_224", **kwargs):
-    return build_video_classifier(
-        model, CLASSES, num_frames=FRAMES, adapter_channels=CA, activation=None, placement=placement,
-        model_kwargs=dict(img_size=SIZE, patch_size=PATCH, embed_dim=WIDTH, depth=LAYERS, num_heads=HEADS),
-        **kwargs).eval()
+    if model.startswith("open_clip:"):
+        pytest.importorskip("open_clip")
+        model_kwargs = dict(image_size=SIZE, patch_size=PATCH, width=WIDTH, layers=LAYERS, head_width=WIDTH // HEADS)
+    else:
+        model_kwargs = dict(img_size=SIZE, patch_size=PATCH, embed_dim=WIDTH, depth=LAYERS, num_heads=HEADS)
+    return build_video_classifier(model, CLASSES, num_frames=FRAMES, adapter_channels=CA, activation=None,
+                                  placement=placement, model_kwargs=model_kwargs, **kwargs).eval()
 
 
+@pytest.mark.parametrize("backbone", ["vit_base_patch16_clip_quickgelu_224", OPEN_CLIP], ids=["timm", "open_clip"])
 @pytest.mark.parametrize("placement", [("mlp",), ("attn", "mlp")], ids=["k400 pre-mlp", "ssv2 pre-attn+mlp"])
-def test_authors_checkpoint_reproduces_their_logits(placement):
+def test_authors_checkpoint_reproduces_their_logits(placement, backbone):
     theirs = randomised(AuthorsVideoViT(pre_attn="attn" in placement, pre_mlp="mlp" in placement))
-    model = load_authors_checkpoint(ours(placement), {"module." + k: v for k, v in theirs.state_dict().items()},
-                                    prefix="module.")
+    model = load_authors_checkpoint(ours(placement, backbone),
+                                    {"module." + k: v for k, v in theirs.state_dict().items()}, prefix="module.")
     video = torch.randn(2, 3, FRAMES, SIZE, SIZE)
     with torch.no_grad():
         expected, got = theirs(video), model(video)
@@ -139,3 +146,41 @@ def test_loading_refuses_a_gelu_backbone_or_an_activation():
                                                  num_heads=HEADS)), state)
     with pytest.warns(UserWarning, match="QuickGELU"):
         load_authors_checkpoint(ours(("mlp",), model="vit_base_patch16_clip_224"), state, strict_architecture=False)
+
+
+@pytest.mark.parametrize("backbone", ["vit_base_patch16_clip_quickgelu_224", OPEN_CLIP], ids=["timm", "open_clip"])
+@pytest.mark.parametrize("case, match", [
+    ("nan", r"(in_proj_weight|qkv.weight) holds non-finite values"),
+    ("shape", "shape"), ("integer", "dtype torch.int64"), ("missing", "missing"), ("unexpected", "unexpected")])
+def test_a_bad_checkpoint_is_refused_before_anything_is_copied(backbone, case, match):
+    state = randomised(AuthorsVideoViT(pre_attn=False, pre_mlp=True)).state_dict()
+    key = "transformer.resblocks.0.attn.in_proj_weight"
+    if case == "nan":
+        state[key] = state[key].clone().index_fill_(0, torch.tensor([3]), float("nan"))
+    elif case == "shape":
+        state["fc.weight"] = torch.randn(CLASSES + 1, WIDTH)
+    elif case == "integer":
+        state["ln_post.weight"] = torch.ones(WIDTH, dtype=torch.long)
+    elif case == "missing":
+        del state["transformer.resblocks.1.adapter_pre_mlp.fc2.bias"]
+    else:
+        state["transformer.resblocks.1.adapter_pre_mlp.extra"] = torch.zeros(1)
+    model = ours(("mlp",), backbone, pooling="norm_then_mean")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        load_authors_checkpoint(model, state)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert model.pooling == "norm_then_mean"
+
+
+def test_only_a_video_classifier_takes_their_checkpoint():
+    state = randomised(AuthorsVideoViT(pre_attn=False, pre_mlp=True)).state_dict()
+    bare = timm.create_model("vit_base_patch16_clip_quickgelu_224", img_size=SIZE, patch_size=PATCH, embed_dim=WIDTH,
+                             depth=LAYERS, num_heads=HEADS, num_classes=0)
+    with pytest.raises(TypeError, match="needs a VideoClassifier"):
+        load_authors_checkpoint(bare, state)
+    pytest.importorskip("transformers")
+    hf = build_video_classifier("hf:clip", CLASSES, adapter_channels=CA, activation=None, model_kwargs=dict(
+        hidden_size=WIDTH, num_attention_heads=HEADS, num_hidden_layers=LAYERS, image_size=SIZE, patch_size=PATCH))
+    with pytest.raises(TypeError, match="open_clip:ViT-B-16-quickgelu"):
+        load_authors_checkpoint(hf, state)

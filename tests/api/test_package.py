@@ -1,5 +1,5 @@
 """The installable core is the kernel library: `import st_adapter_fast` loads none of the application's
-dependencies (they are extras: [video], [bench])."""
+dependencies (they are extras: [video], [bench], [hf], [open_clip])."""
 import os
 import subprocess
 import sys
@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-APP_MODULES = ("av", "yaml", "tqdm", "matplotlib", "timm")
+APP_MODULES = ("av", "yaml", "tqdm", "matplotlib", "timm", "transformers", "open_clip")
 
 
 def test_import_loads_no_application_dependency():
@@ -43,4 +43,5 @@ def test_the_extras_install_what_each_command_needs():
         extra, modules = args.needs(args)
         assert {cli.PIP_NAMES.get(m, m) for m in modules} <= extras[extra], command
     assert extras["train"] == extras["video"]   # its former name
-    assert extras["video"] | extras["bench"] <= extras["test"]
+    assert extras["video"] | extras["bench"] | extras["hf"] | extras["open_clip"] <= extras["test"]
+    assert not {p.split(">")[0] for p in extras["hf"] | extras["open_clip"]} & set(project["dependencies"])

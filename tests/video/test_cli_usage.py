@@ -63,6 +63,8 @@ def test_debug_shows_the_traceback(tmp_path):
     (["train", "--num-classes", "2"], r"train needs train_list \(--train-list\)"),
     (["eval", "nowhere", "--eval-crops", "3"], "nowhere/train_config.json not found"),
     (["trian"], "invalid choice: 'trian'"),
+    (["train", "--train-list", "x", "--num-classes", "2", "--model", "hf:nope"], "hf:nope: not a local folder"),
+    (["train", "--train-list", "x", "--num-classes", "2", "--model", "open_clip:nope"], "open_clip:nope: unknown"),
 ])
 def test_bad_values_are_refused_at_start_up_in_one_line(args, expected, capsys):
     import re
@@ -148,6 +150,21 @@ def test_train_warns_and_reports_what_happened(data, tmp_path, capsys):
     assert cli.main(args + ["--no-resume"]) == 0   # starts clean: the old log is gone, not appended to
     assert "deleted the previous run's checkpoint.pt, log.jsonl, metrics.json, adapters/" in capsys.readouterr().out
     assert steps_logged() == [1, 2, 2]      # one run's eval at 1, train and eval at 2: nothing appended
+
+
+def test_train_and_eval_a_hugging_face_backbone_from_its_model_spec(data, tmp_path, capsys):
+    """--model takes the library's prefix; --input-size and --model-kwargs become the transformers config's
+    fields; --grad-checkpointing uses transformers' own switch."""
+    pytest.importorskip("transformers")
+    hf = ["--model", "hf:dinov2", "--model-kwargs", json.dumps(dict(hidden_size=32, num_hidden_layers=1,
+                                                                    num_attention_heads=2, patch_size=8, mlp_ratio=2))]
+    args = ["train", "--train-list", data["train"], "--data-root", data["root"], "--num-classes", "2",
+            *TINY, *hf, "--steps", "1", "--warmup-steps", "1", "--grad-checkpointing",
+            "--output-dir", str(tmp_path / "run")]
+    assert cli.main(args) == 0
+    capsys.readouterr()
+    model = __import__("st_adapter_fast").from_pretrained(tmp_path / "run" / "adapters")
+    assert type(model.backbone).__name__ == "Dinov2Model" and model.backbone.config.image_size == 32
 
 
 def test_ctrl_c_says_the_checkpoint_is_kept_and_how_to_resume(data, tmp_path, capsys, monkeypatch):

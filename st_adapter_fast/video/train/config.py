@@ -6,7 +6,9 @@ import os
 import typing
 from dataclasses import dataclass, field
 
-from ...integrations.timm import AUTHORS_POOLING, PLACEMENTS, POOLINGS, check_timm_model_name
+from ...integrations.adapters import PLACEMENTS
+from ...integrations.backbones import check_model_name
+from ...integrations.classifier import AUTHORS_POOLING, POOLINGS
 from ...ops import BACKENDS
 from ...validation import check_kernel_size
 
@@ -48,9 +50,12 @@ class TrainConfig:
         minimum=0))
     # model
     model: str = field(default="vit_base_patch16_clip_224", metadata=_option(
-        "timm model name (a VisionTransformer)"))
+        "the backbone: a timm model name (a VisionTransformer or Eva), hf:<model type or local config folder> "
+        "(e.g. hf:dinov2; [hf] extra) or open_clip:<model name or model-config .json> (e.g. "
+        "open_clip:ViT-B-16-quickgelu; [open_clip] extra)"))
     model_kwargs: dict = field(default_factory=dict, metadata=_option(
-        "JSON dict of extra timm.create_model arguments, e.g. '{\"depth\": 4}'"))
+        "JSON dict of extra model arguments (timm.create_model's, a transformers config's or an open_clip "
+        "vision_cfg's fields), e.g. '{\"depth\": 4}'"))
     backbone_checkpoint: str = field(default=None, metadata=_option(
         "local file with the backbone's pretrained weights", "random init"))
     adapter_channels: int = field(default=384, metadata=_option("adapter bottleneck width Ca", minimum=1))
@@ -121,7 +126,7 @@ class TrainConfig:
         except ValueError as error:
             raise ValueError(f"{config_key('kernel_size')}: {error}") from None
         try:
-            check_timm_model_name(self.model)
+            check_model_name(self.model)
         except ValueError as error:
             raise ValueError(f"{config_key('model')}: {error}") from None
         if self.authors_checkpoint and self.pooling != AUTHORS_POOLING:

@@ -35,13 +35,15 @@ def train_folder_arguments(folder):
 def build_model(config):
     """The VideoClassifier of `config`, initialised from `config.seed` (the same on every rank), with the
     authors' checkpoint loaded if there is one."""
-    from ...integrations.timm import build_video_classifier, load_authors_checkpoint
+    from ...integrations.authors import load_authors_checkpoint
+    from ...integrations.backbones import set_grad_checkpointing
+    from ...integrations.classifier import build_video_classifier
     model = build_video_classifier(**classifier_arguments(config))
     if config.authors_checkpoint:
         load_authors_checkpoint(model, config.authors_checkpoint)
         model.build_arguments["authors_checkpoint"] = os.path.abspath(config.authors_checkpoint)
     if config.grad_checkpointing:
-        model.backbone.set_grad_checkpointing(True)
+        set_grad_checkpointing(model, True)
     if config.linear_probe:
         for name, p in model.named_parameters():
             if ".st_adapter_" in name:
