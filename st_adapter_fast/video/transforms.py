@@ -70,10 +70,10 @@ def check_augmentation(crop, crop_scale, scale_jitter, rand_augment, interpolati
 
 
 def frames_tensor(frames):
-    """uint8 (T, 3, H, W) tensor of a clip's frames: from numpy (T, H, W, 3) (a view, no copy) or a tensor
-    already (T, 3, H, W)."""
+    """uint8 (T, 3, H, W) tensor of a clip's frames: from numpy (T, H, W, 3) (a view, no copy, unless the
+    array is read-only) or a tensor already (T, 3, H, W)."""
     if isinstance(frames, np.ndarray):
-        return torch.from_numpy(frames).permute(0, 3, 1, 2)
+        return torch.from_numpy(frames if frames.flags.writeable else frames.copy()).permute(0, 3, 1, 2)
     return frames
 
 
