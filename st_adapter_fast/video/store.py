@@ -109,6 +109,8 @@ class FrameStore:
         wanted = chosen_indices(choose_indices, entry["frames"])
         unique, where = np.unique(wanted, return_inverse=True)
         frames = self._frames(entry, unique, name)
+        if len(unique) == len(wanted) and np.array_equal(unique, wanted):
+            return frames
         return frames[torch.from_numpy(where.reshape(-1))]
 
     def _frames(self, entry, rows, name):
@@ -155,12 +157,14 @@ def write_json(path, value):
 
 
 def decode_jpegs(blobs, device="cpu"):
-    """uint8 (N, 3, H, W) RGB frames of N JPEG images of one size (bytes-like), decoded in one batched call
-    of torchvision's decoder (on `device`: "cuda" decodes on the GPU)."""
+    """uint8 (N, 3, H, W) RGB frames (channels-last in memory) of N JPEG images of one size (bytes-like),
+    decoded in one batched call of torchvision's decoder (on `device`: "cuda" decodes on the GPU)."""
     with quiet_torchvision_image_io():
         from torchvision.io import ImageReadMode, decode_jpeg
         data = [torch.frombuffer(blob, dtype=torch.uint8) for blob in blobs]
-        return torch.stack(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    # the decoder's (3, H, W) images are (H, W, 3) in memory: stacked as such they stay one plain copy
+    return torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
 
 
 @contextlib.contextmanager
