@@ -158,9 +158,9 @@ class VideoDataset(torch.utils.data.Dataset):
         if num_crops not in (1, 3):
             raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
         for name, value in (("num_frames", num_frames), ("size", size), ("num_views", num_views),
-                            ("sampling_rate", sampling_rate or 1)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+                            ("sampling_rate", sampling_rate)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 (sampling_rate: or None), got {value}")
         self.augmentation = Augmentation(crop, crop_scale, scale_jitter, flip, rand_augment, interpolation)
         self.records = read_video_list(list_path, root, num_classes)
         self.store = open_store(root) if is_store(root) else None
