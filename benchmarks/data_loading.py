@@ -22,6 +22,7 @@ per-clip ratios), the frame check, the machine, versions, command and date.
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from st_adapter_fast.bench.data import cpu_seconds_per_item, machine, summarize, write_realistic_video
+from st_adapter_fast.bench.data import cpu_seconds_per_item, dataset_keys, machine, summarize, write_realistic_video
 from st_adapter_fast.video.data import VideoDataset, sample_frame_indices
 from st_adapter_fast.video.decode import decode_sequential, decode_video
 from st_adapter_fast.video.prepare import prepare_store
@@ -114,7 +115,7 @@ def frames_identical(dataset, keys):
 def compare(list_path, root, mode, clips):
     """Old against new on the same clips, alternating, CPU seconds per clip."""
     dataset = VideoDataset(list_path, root, num_frames=8, size=224, normalize=False, **mode)
-    keys = [(i % len(dataset), i // len(dataset)) if dataset.train else i % len(dataset) for i in range(clips)]
+    keys = dataset_keys(dataset, clips)
     old, new = [], []
     for key in keys:   # alternating: both paths see the same moments of a shared machine
         old += cpu_seconds_per_item(lambda k: legacy_item(dataset, k), [key])
@@ -125,22 +126,36 @@ def compare(list_path, root, mode, clips):
                 speedup_median_of_ratios=float(np.median(ratios)), frames_identical=f"{same} of {compared} clips")
 
 
+STORE_MODES = {"train, authors-k400": dict(train=True, sampling_rate=16, crop="short-side-jitter", interpolation="bicubic"),
+               "eval": dict(train=False, sampling_rate=None)}
+
+
 def store_rates(list_path, root, out_dir, clips):
     """Clips/s per core of VideoDataset reading a JPEG and a raw store of the videos (authors' K400 train
-    recipe, and eval), and what preparing them cost."""
-    results = {}
+    recipe, and eval; all four timed clip by clip in turn, so that a shared machine's load falls on each
+    alike), and what preparing them cost."""
+    results, datasets = {}, {}
     for encoding in ("jpeg", "raw"):
         out = os.path.join(out_dir, f"store-{encoding}")
+        shutil.rmtree(out, ignore_errors=True)   # timed from scratch
         start = time.perf_counter()
         prepared = prepare_store([list_path], root, out, StoreSettings(short_side=256, encoding=encoding),
                                  workers=0, progress=False)
         results[encoding] = dict(prepare_wall_s=time.perf_counter() - start, bytes=prepared["bytes"])
-        for mode, options in (("train, authors-k400", dict(train=True, sampling_rate=16, crop="short-side-jitter",
-                                                             interpolation="bicubic")),
-                              ("eval", dict(train=False, sampling_rate=None))):
-            dataset = VideoDataset(list_path, out, num_frames=8, size=224, normalize=False, **options)
-            keys = [(i % len(dataset), i // len(dataset)) if dataset.train else i % len(dataset) for i in range(clips)]
-            results[encoding][mode] = summarize(cpu_seconds_per_item(dataset.__getitem__, keys))
+        for mode, options in STORE_MODES.items():
+            datasets[encoding, mode] = VideoDataset(list_path, out, num_frames=8, size=224, normalize=False, **options)
+    # the same clips from the videos, the previous way (today's train item), in the same turns: the ratio
+    # to it does not depend on the machine's load
+    videos = VideoDataset(list_path, root, num_frames=8, size=224, normalize=False, train=True)
+    datasets["videos, previous VideoDataset", "train"] = videos
+    seconds = {case: [] for case in datasets}
+    for key in dataset_keys(videos, clips):
+        for (source, mode), dataset in datasets.items():
+            get = (lambda k: legacy_item(videos, k)) if source.startswith("videos") else dataset.__getitem__
+            seconds[source, mode] += cpu_seconds_per_item(get, [key if dataset.train else key[0]])
+    previous = np.median(seconds["videos, previous VideoDataset", "train"])
+    for (source, mode), values in seconds.items():
+        results.setdefault(source, {})[mode] = dict(summarize(values), vs_previous=float(previous / np.median(values)))
     return results
 
 
@@ -150,12 +165,17 @@ def main(argv=None):
     parser.add_argument("--count", type=int, default=3, help="videos per kind")
     parser.add_argument("--clips", type=int, default=24, help="clips timed per kind and mode")
     parser.add_argument("--out", help="JSON file (default: benchmarks/results/<cpu>.data_loading.json)")
+    parser.add_argument("--parts", nargs="+", choices=("compare", "store"), default=["compare", "store"],
+                        help="what to measure; the parts not measured are kept from an existing --out")
     args = parser.parse_args(argv)
     from st_adapter_fast.bench.benchmark import device_slug
     result = dict(machine(), note="CPU time per clip, one process, one torch thread; 8 frames at 224", kinds={})
     out = args.out or os.path.join("benchmarks", "results", device_slug(result["cpu"]) + ".data_loading.json")
+    if os.path.exists(out) and set(args.parts) != {"compare", "store"}:
+        with open(out) as f:
+            result = dict(json.load(f), **{f"{part}_run": machine() for part in args.parts})
     lists = make_videos(args.videos, args.count)
-    for name, list_path in lists.items():
+    for name, list_path in lists.items() if "compare" in args.parts else ():
         result["kinds"][name] = {}
         for mode_name, mode in MODES.items():
             row = result["kinds"][name][mode_name] = compare(list_path, args.videos, mode, args.clips)
@@ -163,11 +183,13 @@ def main(argv=None):
                   f"{row['new']['clips_per_s_per_core']:6.1f} clips/s per core: {row['speedup']:.2f}x "
                   f"(median of per-clip ratios {row['speedup_median_of_ratios']:.2f}x); frames identical: "
                   f"{row['frames_identical']}", flush=True)
-    result["store"] = store_rates(lists["k400-340x256"], args.videos, args.videos, args.clips)
-    for encoding, rows in result["store"].items():
-        for mode in ("train, authors-k400", "eval"):
-            print(f"store ({encoding}) {mode:20} {rows[mode]['clips_per_s_per_core']:6.1f} clips/s per core "
-                  f"(median {rows[mode]['median_ms']:.1f} ms)", flush=True)
+    if "store" in args.parts:
+        result["store"] = store_rates(lists["k400-340x256"], args.videos, args.videos, args.clips)
+    for source, rows in result["store"].items():
+        for mode, row in rows.items():
+            if isinstance(row, dict):
+                print(f"{source:30} {mode:20} {row['clips_per_s_per_core']:6.1f} clips/s per core (median "
+                      f"{row['median_ms']:.1f} ms), {row['vs_previous']:.1f}x the previous VideoDataset", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(result, f, indent=1)

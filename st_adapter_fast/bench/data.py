@@ -51,17 +51,14 @@ def _scene(rng, count, height, width):
 
 def cpu_seconds_per_item(get_item, keys):
     """CPU seconds (this process) of `get_item(key)` for each key, with one torch thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        seconds = []
+    from ..video.prepare import one_torch_thread
+    seconds = []
+    with one_torch_thread():
         for key in keys:
             start = time.process_time()
             get_item(key)
             seconds.append(time.process_time() - start)
-        return seconds
-    finally:
-        torch.set_num_threads(threads)
+    return seconds
 
 
 def summarize(seconds):
@@ -79,8 +76,9 @@ def dataset_keys(dataset, clips, seed=0):
 
 
 def machine():
-    """Where and with what a data measurement ran: CPU, versions (torch, torchvision, PyAV and its FFmpeg),
-    the command and the date."""
+    """Where and with what a data measurement ran: CPU, the machine's load (1, 5, 15 min; others' work
+    there inflates CPU times too), versions (torch, torchvision, PyAV and its FFmpeg), command and date."""
+    import os
     import platform
     import sys
 
@@ -88,9 +86,9 @@ def machine():
     import torchvision
 
     from .benchmark import cpu_name
-    return dict(cpu=cpu_name(), python=platform.python_version(), torch=torch.__version__,
-                torchvision=torchvision.__version__, av=av.__version__, ffmpeg=av.ffmpeg_version_info,
-                command=" ".join(sys.argv), date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
+    return dict(cpu=cpu_name(), load_average=os.getloadavg(), python=platform.python_version(),
+                torch=torch.__version__, torchvision=torchvision.__version__, av=av.__version__,
+                ffmpeg=av.ffmpeg_version_info, command=" ".join(sys.argv), date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
 
 
 def add_arguments(parser):
