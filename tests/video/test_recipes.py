@@ -129,3 +129,16 @@ def test_a_starving_accelerator_is_warned_about_once_naming_the_remedies(tmp_pat
     message = str(caught[0].message)
     assert "steps 21-30 waited for data 50%" in message and "--num-workers (now 3)" in message
     assert "st-adapter-fast prepare" in message
+
+
+def test_a_checkpoint_from_before_the_recipe_fields_resumes(data, tmp_path):
+    config = TrainConfig(**dict(data, val_list=None), **TINY, num_classes=2, num_frames=4, batch_size=2, steps=2,
+                         warmup_steps=1, save_every=1, stop_at=1, output_dir=str(tmp_path))
+    train(config)
+    path = tmp_path / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    for name in ("recipe", "train_crop", "crop_scale", "scale_jitter", "rand_augment", "interpolation", "blr",
+                 "epochs", "warmup_epochs"):   # what a checkpoint of the previous version lacks
+        del state["config"][name]
+    torch.save(state, path)
+    assert train(dataclasses.replace(config, stop_at=None))["steps_done"] == 2
