@@ -1,6 +1,6 @@
 """The training run: `train(config)` (data, model, optimizer, resume, steps, periodic evals and checkpoints, the
 adapter-only result and final eval), one optimizer step (`train_step`) and one micro-batch (`forward_backward`),
-and the files a run writes to output_dir."""
+the files a run writes to output_dir, and where its time goes (`DataWait`: waiting for data against the steps)."""
 import contextlib
 import json
 import os
