@@ -10,13 +10,15 @@ from .console import PIP_NAMES, ArgumentParser, HelpFormatter, print_error, requ
 
 
 def _bench_needs(args):
+    if args.data:   # the data loading benchmark: the video application's dataset
+        return "video", ("av", "yaml", "tqdm", "timm", "torchvision")
     return "bench", ("tqdm", "timm") if args.e2e or args.e2e_only else ("tqdm",)
 
 
 def build_parser():
     """The `st-adapter-fast` argument parser (every command). The measuring tools (bench/) and the video
     application (video/) add their own commands; their own dependencies are only imported when a command runs."""
-    from .bench import benchmark, parity
+    from .bench import benchmark, data, parity
     from .video.commands import add_video_commands
     parser = ArgumentParser(prog="st-adapter-fast", description=__doc__.split("\n\n")[0])
     common = ArgumentParser(add_help=False)
@@ -27,9 +29,11 @@ def build_parser():
     parity.add_check_arguments(p)
     p.set_defaults(func=parity.check)
     b = sub.add_parser("bench", parents=[common], formatter_class=HelpFormatter,
-                       help="time every backend and baseline (see st_adapter_fast/bench/benchmark.py)")
+                       help="time every backend and baseline (see st_adapter_fast/bench/benchmark.py), or with "
+                            "--data a list's clips (bench/data.py)")
     benchmark.add_arguments(b)
-    b.set_defaults(func=lambda args: benchmark.run(args) and 0, needs=_bench_needs)
+    data.add_arguments(b)
+    b.set_defaults(func=lambda args: (data.run(args) if args.data else benchmark.run(args)) and 0, needs=_bench_needs)
     add_video_commands(sub, common)
     return parser
 

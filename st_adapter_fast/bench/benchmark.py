@@ -391,7 +391,7 @@ def _run(args):
         configs = {"small": configs["small"]}
     dtypes = [getattr(torch, d) for d in args.dtypes] if args.dtypes else (
         [torch.bfloat16, torch.float16] if device == "cuda" else [torch.float32])
-    device_name = torch.cuda.get_device_name() if device == "cuda" else _cpu_name()
+    device_name = torch.cuda.get_device_name() if device == "cuda" else cpu_name()
     out = args.out or (os.path.join("benchmarks", "results", device_slug(device_name) + ".json") if args.save else None)
     result = dict(device=device_name, torch=torch.__version__, cuda=torch.version.cuda,
                   triton=_triton_version(), python=platform.python_version(), command=" ".join(sys.argv),
@@ -439,7 +439,8 @@ def _run(args):
     return result
 
 
-def _cpu_name():
+def cpu_name():
+    """The CPU's model and the machine's core count, e.g. "AMD EPYC 7B13 (2 cores)"."""
     try:
         with open("/proc/cpuinfo") as f:
             model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))

@@ -1,5 +1,5 @@
-"""The video application's commands of `st-adapter-fast`: `train`, `eval`, `make-synthetic`, `demo` (the
-console script is cli.py, which adds these to its parser)."""
+"""The video application's commands of `st-adapter-fast`: `train`, `eval`, `make-synthetic`, `demo`, `prepare`
+(the console script is cli.py, which adds these to its parser)."""
 import argparse
 import os
 
@@ -9,6 +9,7 @@ from ..console import HelpFormatter, print_error, print_warning
 TRAIN_MODULES = ("av", "yaml", "tqdm", "timm")   # train and eval (yaml: config files and train_config.json)
 SYNTHETIC_MODULES = ("av", "tqdm")
 DEMO_MODULES = TRAIN_MODULES + ("matplotlib",)   # the demo plots its curves
+PREPARE_MODULES = ("av", "tqdm", "torchvision")   # torchvision: the JPEG encoder
 
 
 def train_command(args):
@@ -33,9 +34,9 @@ def train_command(args):
               "had on the first step)")
         if result["metrics"]:
             print(f"final eval: {format_metrics(result['metrics'])}")
-        elif result["steps_done"] < config.steps:
-            print(f"stopped at step {result['steps_done']} of {config.steps} (--stop-at); the same command without "
-                  "--stop-at resumes and finishes the run")
+        elif result["steps_done"] < result["config"].steps:   # the run's steps (--epochs sets them)
+            print(f"stopped at step {result['steps_done']} of {result['config'].steps} (--stop-at); the same "
+                  "command without --stop-at resumes and finishes the run")
         else:
             print("no final eval (no --val-list)")
         _print_run_files(config)
@@ -93,8 +94,27 @@ def make_synthetic_command(args):
     return 0
 
 
+def prepare_command(args):
+    """Decode the listed videos once into a frame store; prints what it holds and how to train from it."""
+    from .prepare import prepare_store
+    from .store import StoreSettings
+    try:
+        settings = StoreSettings(short_side=args.short_side, fps=args.fps, frames_per_video=args.frames_per_video,
+                                 encoding=args.encoding, quality=args.quality, videos_per_shard=args.videos_per_shard)
+    except ValueError as error:   # its message starts with the setting's name: name the flag
+        name = str(error).split()[0]
+        raise ValueError("--" + name.replace("_", "-") + str(error)[len(name):]) from None
+    result = prepare_store(args.lists, args.data_root, args.out, settings, workers=args.num_workers,
+                           progress=args.progress)
+    print(f"prepared {result['out']}: {result['videos']} videos ({len(result['unreadable'])} unreadable), "
+          f"{result['shards']} shards, {result['bytes'] / 2 ** 30:.2f} GiB of frames")
+    print(f"train and eval from it with the same list files: --data-root {result['out']}")
+    return 0
+
+
 def add_video_commands(sub, common):
-    """The video commands (train, eval, make-synthetic, demo) as subparsers of `sub`, with `common`'s options."""
+    """The video commands (train, eval, make-synthetic, demo, prepare) as subparsers of `sub`, with `common`'s
+    options."""
     from .train import EVAL_FIELDS, add_config_arguments
     t = sub.add_parser("train", parents=[common], formatter_class=HelpFormatter,
                        help="fine-tune adapters on a video list (torchrun for multi-GPU/multi-node)",
@@ -124,3 +144,27 @@ def add_video_commands(sub, common):
     from . import demo
     demo.add_arguments(d)
     d.set_defaults(func=demo.run, needs=lambda args: ("video", DEMO_MODULES))
+    p = sub.add_parser("prepare", parents=[common], formatter_class=HelpFormatter,
+                       help="decode the videos of list files once into a frame store that train and eval read "
+                            "(--data-root STORE)",
+                       description="Decode the videos of list files once into a frame store: frames at a chosen "
+                       "shorter side and frame rate or count, as JPEG or raw uint8, in shards with an index, written "
+                       "in parallel. A rerun finishes an interrupted one. Then train and eval read it with the same "
+                       "list files and --data-root STORE.")
+    p.add_argument("lists", nargs="+", help="list files of videos (e.g. train.txt val.txt)")
+    p.add_argument("--data-root", default=".", help="the directory the lists' paths are relative to")
+    p.add_argument("--out", required=True, help="the store's directory (new or empty, or a store to finish)")
+    p.add_argument("--short-side", type=int, help="resize frames to this shorter side, e.g. 256 for 224 crops "
+                                                  "(default: as decoded)")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--fps", type=float, help="keep frames at this rate (default: every frame); --sampling-rate "
+                                                "then counts the kept frames")
+    rate.add_argument("--frames-per-video", type=int, help="keep this many frames evenly covering each video")
+    p.add_argument("--encoding", choices=("jpeg", "raw"), default="jpeg",
+                   help="JPEG (small; decoded in batches by torchvision) or raw uint8 (fastest to read, large)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality, 1-100")
+    p.add_argument("--videos-per-shard", type=int, default=32, help="videos per shard (the unit of resuming)")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="processes decoding videos (default: the cores available; 0: this process)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="a progress bar")
+    p.set_defaults(func=prepare_command, needs=lambda args: ("video", PREPARE_MODULES))

@@ -1,15 +1,21 @@
-"""Video data as the authors read it: list files, PyAV decoding, frame sampling, transforms, a Dataset.
+"""Video data as the authors read it: list files, frame sampling, VideoDataset (clips of video files or of a
+frame store), batching of clips with unreadable videos, and the resumable sampler.
 
 A list file has one video per line, `<relative/path/to/video> <int label>`, paths relative to a root
-directory. A clip is `num_frames` frames picked either evenly over the whole video (`sampling_rate=None`,
-one frame per segment: a random frame of each segment in training, the segment's middle in eval) or every
-`sampling_rate`-th frame from a start point (random in training, evenly spaced views in eval). Frames are
-resized, cropped, optionally flipped and normalised with the CLIP mean/std; a clip is a float32 tensor
-(3, T, H, W).
+directory: a directory of videos, or a frame store made from the list by `prepare` (store.py), which holds
+the frames of the same paths. A clip is `num_frames` frames picked either evenly over the whole video
+(`sampling_rate=None`, one frame per segment: a random frame of each segment in training, the segment's
+middle in eval) or every `sampling_rate`-th frame from a start point (random in training, evenly spaced
+views in eval). From a store, frame indices count the stored frames: the same frames as the video's when
+it kept them all, every k-th of them when it kept a lower frame rate. Frames are decoded exactly
+(decode.py), then cropped, resized, flipped and augmented in uint8 (transforms.py); a clip is uint8
+(3, T, H, W), normalised with the CLIP mean/std to float32 by the dataset (`normalize=True`, the default) or
+on the device by the training loop.
 
 Unreadable videos never stop a run: the dataset returns them with clip=None, `collate_clips` drops
 them and reports their paths, and the training and eval loops count and report them. A listed video
-that does not exist is an error when the list is read (a wrong root would otherwise skip everything).
+that does not exist (in the root directory, or in the store) is an error when the list is read (a wrong
+root would otherwise skip everything).
 """
 import os
 import warnings
@@ -17,10 +23,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from .decode import decode_video
+from .store import is_store, open_store
+from .transforms import CLIP_MEAN, CLIP_STD, Augmentation, augment_clip, eval_clip, frames_tensor, normalize_clip
+
+__all__ = ["CLIP_MEAN", "CLIP_STD", "ResumableSampler", "SkipCounter", "VideoDataset", "VideoRecord", "collate_clips",
+           "decode_video", "read_video_list", "sample_frame_indices", "transform_clip"]
 
 
 @dataclass(frozen=True)
@@ -30,13 +39,15 @@ class VideoRecord:
     path: str
     label: int
     source: str   # "list.txt:12", for error messages
+    name: str = None   # the path as listed, relative to the root: the video's name in a frame store
 
 
 def read_video_list(list_path, root, num_classes=None):
     """Parse a list file of `<relative/path> <int label>` lines (blank lines ignored) into VideoRecords.
 
-    Raises FileNotFoundError if the list file or a listed video does not exist, and ValueError naming
-    the file and line for a malformed line or a label outside [0, num_classes).
+    Raises FileNotFoundError if the list file or a listed video does not exist (under `root`, or in the
+    frame store `root`), and ValueError naming the file and line for a malformed line or a label outside
+    [0, num_classes).
     """
     if not os.path.isfile(list_path):
         raise FileNotFoundError(f"video list file not found: {list_path}")
@@ -49,9 +60,15 @@ def read_video_list(list_path, root, num_classes=None):
             records.append(_parse_line(line, root, where, num_classes))
     if not records:
         raise ValueError(f"{list_path}: the list has no videos")
-    missing = [r for r in records if not os.path.exists(r.path)]
+    if is_store(root):
+        store = open_store(root)
+        missing = [r for r in records if r.name not in store]
+        where = f"in the frame store {root!r} (st-adapter-fast prepare made it from other lists)"
+    else:
+        missing = [r for r in records if not os.path.exists(r.path)]
+        where = f"under root {root!r}"
     if missing:
-        raise FileNotFoundError(f"{len(missing)} listed video(s) not found under root {root!r}, first: "
+        raise FileNotFoundError(f"{len(missing)} listed video(s) not found {where}, first: "
                                 + "; ".join(f"{r.source}: {r.path}" for r in missing[:3]))
     return records
 
@@ -68,35 +85,8 @@ def _parse_line(line, root, where, num_classes):
         raise ValueError(f"{where}: label {label!r} is not an integer") from None
     if label < 0 or (num_classes is not None and label >= num_classes):
         raise ValueError(f"{where}: label {label} is outside [0, {num_classes if num_classes else 'inf'})")
-    return VideoRecord(os.path.join(root, path.strip()), label, where)
-
-
-def decode_video(path, choose_indices=None):
-    """Frames of the first video stream of `path` as uint8 (N, H, W, 3) RGB: all of them, or those at
-    `choose_indices(frame_count)` (an int array, repeats allowed). When the container states its frame
-    count, decoding stops after the last frame needed and only the chosen frames are converted to RGB.
-    Raises on a file that cannot be decoded."""
-    import av
-    from av.video.reformatter import VideoReformatter
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        # one decoder thread: DataLoader workers decode in parallel, and thread start-up costs more
-        # than it saves on short clips
-        stream.thread_count = 1
-        wanted = choose_indices(stream.frames) if choose_indices and stream.frames > 0 else None
-        decoded = []
-        for frame in container.decode(stream):
-            decoded.append(frame)
-            if wanted is not None and len(decoded) > wanted.max():
-                break
-    if not decoded:
-        raise ValueError(f"{path}: no decodable video frames")
-    if choose_indices is None:
-        wanted = range(len(decoded))
-    elif wanted is None or wanted.max() >= len(decoded):   # no stated count, or a wrong one
-        wanted = choose_indices(len(decoded))
-    reformatter = VideoReformatter()   # one for all frames: keeps its conversion context between frames
-    return np.stack([reformatter.reformat(decoded[i], format="rgb24").to_ndarray() for i in wanted])
+    name = os.path.normpath(path.strip())
+    return VideoRecord(os.path.join(root, name), label, where, name)
 
 
 def sample_frame_indices(num_total, num_frames, sampling_rate=None, *, rng=None, view=0, num_views=1):
@@ -134,79 +124,86 @@ def transform_clip(frames, size, *, rng=None, flip=True, scale=(0.5, 1.0), crop_
     Training (rng given): a random square crop covering `scale` of the shorter side's square, resized to
     `size`, and a horizontal flip with probability 1/2 if `flip`. Eval: the shorter side resized to
     `size` and a `size` crop at `crop_position` (0: left/top, 0.5: centre, 1: right/bottom) along the
-    longer side. The same crop and flip apply to every frame of the clip.
+    longer side. The same crop and flip apply to every frame of the clip; resizing runs in uint8
+    (transforms.py has the other crops and RandAugment).
     """
-    clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()   # (T, 3, H, W)
-    height, width = clip.shape[-2:]
-    short = min(height, width)
     if rng is not None:
-        side = max(1, int(round(short * np.sqrt(rng.uniform(*scale)))))
-        top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
-        clip = _resize(clip[:, :, top:top + side, left:left + side], size, size)
-        if flip and rng.random() < 0.5:
-            clip = clip.flip(-1)
+        clip = augment_clip(frames, size, rng, Augmentation("random-square", crop_scale=scale, flip=flip))
     else:
-        new_h, new_w = (size, max(size, round(width * size / height))) if height <= width else \
-            (max(size, round(height * size / width)), size)
-        clip = _resize(clip, new_h, new_w)
-        top, left = round((new_h - size) * crop_position), round((new_w - size) * crop_position)
-        clip = clip[:, :, top:top + size, left:left + size]
-    clip = clip / 255.0
-    clip = (clip - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    return clip.transpose(0, 1).contiguous()
-
-
-def _resize(clip, height, width):
-    if tuple(clip.shape[-2:]) == (height, width):
-        return clip
-    return F.interpolate(clip, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+        clip = eval_clip(frames, size, crop_position)
+    return normalize_clip(clip, mean, std)
 
 
 class VideoDataset(torch.utils.data.Dataset):
-    """Clips of the videos in a list file.
+    """Clips of the videos in a list file, decoded from the videos under `root`, or read from the frame
+    store `root` (made by `st-adapter-fast prepare` from the list).
 
     Training (`train=True`): item `(index, epoch)` gives one randomly sampled and augmented clip; its
     randomness comes from (seed, epoch, index) only, so a run gives the same clips whatever the number
-    of DataLoader workers and after a resume. Eval: item `index` gives `num_views * num_crops` clips
-    (temporal views x spatial crops), stacked as (V, 3, T, H, W).
+    of DataLoader workers and after a resume. The augmentation (`crop`, `crop_scale`, `scale_jitter`,
+    `flip`, `rand_augment`, `interpolation`: see transforms.Augmentation) is the same for every frame of a
+    clip. Eval: item `index` gives `num_views * num_crops` clips (temporal views x spatial crops), stacked
+    as (V, 3, T, H, W).
 
-    Returns a dict (clip, label, path, error); for a video that cannot be decoded, clip is None and
-    error says why.
+    Clips are float32 normalised with the CLIP mean/std, or with `normalize=False` uint8 (0-255), to be
+    normalised where the model runs (`transforms.normalize_clip`): a quarter of the bytes to move, and
+    no float work in the loader. Returns a dict (clip, label, path, error); for a video that cannot be
+    decoded, clip is None and error says why.
     """
 
     def __init__(self, list_path, root, *, num_frames=8, sampling_rate=None, size=224, train=True,
-                 num_views=1, num_crops=1, flip=True, num_classes=None, seed=0):
+                 num_views=1, num_crops=1, flip=True, num_classes=None, seed=0, crop="random-square",
+                 crop_scale=None, scale_jitter=(1.0, 1.15), rand_augment=None, interpolation="bilinear",
+                 normalize=True):
         if num_crops not in (1, 3):
             raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+        for name, value in (("num_frames", num_frames), ("size", size), ("num_views", num_views),
+                            ("sampling_rate", sampling_rate)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 (sampling_rate: or None), got {value}")
+        self.augmentation = Augmentation(crop, crop_scale, scale_jitter, flip, rand_augment, interpolation)
         self.records = read_video_list(list_path, root, num_classes)
+        self.store = open_store(root) if is_store(root) else None
         self.num_frames, self.sampling_rate, self.size = num_frames, sampling_rate, size
         self.train, self.num_views, self.num_crops, self.flip, self.seed = train, num_views, num_crops, flip, seed
+        self.normalize = normalize
 
     def __len__(self):
         return len(self.records)
+
+    def read_frames(self, record, choose_indices):
+        """uint8 (N, 3, H, W) frames of `record` at `choose_indices(frame_count)`: decoded, or from the store."""
+        if self.store is not None:
+            return self.store.read(record.name, choose_indices)
+        return frames_tensor(decode_video(record.path, choose_indices))
 
     def __getitem__(self, key):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         record = self.records[index]
         rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
         views = 1 if self.train else self.num_views
+        # the frames drawn from their own seed: the same whatever the decoder asks (and how often)
+        sampling_seed = rng.integers(2 ** 63) if rng is not None else None
 
         def choose(frame_count):   # the frames of every view, one after the other
-            return np.concatenate([sample_frame_indices(frame_count, self.num_frames, self.sampling_rate, rng=rng,
-                                                        view=view, num_views=views) for view in range(views)])
+            sampling = np.random.default_rng(sampling_seed) if rng is not None else None
+            return np.concatenate([sample_frame_indices(frame_count, self.num_frames, self.sampling_rate,
+                                                        rng=sampling, view=view, num_views=views)
+                                   for view in range(views)])
 
         try:
-            frames = decode_video(record.path, choose)
-        except Exception as error:   # any decoder failure: the video is reported and skipped
+            frames = self.read_frames(record, choose)
+        except Exception as error:   # any decoder or store failure: the video is reported and skipped
             return dict(clip=None, label=record.label, path=record.path, error=f"{type(error).__name__}: {error}")
         if self.train:
-            clip = transform_clip(frames, self.size, rng=rng, flip=self.flip)
+            clip = augment_clip(frames, self.size, rng, self.augmentation)
         else:
             crops = [0.5] if self.num_crops == 1 else [0.0, 0.5, 1.0]
-            clip = torch.stack([transform_clip(frames[view * self.num_frames:(view + 1) * self.num_frames],
-                                               self.size, crop_position=crop)
+            clip = torch.stack([eval_clip(frames[view * self.num_frames:(view + 1) * self.num_frames], self.size,
+                                          crop, self.augmentation.interpolation)
                                 for view in range(views) for crop in crops])
-        return dict(clip=clip, label=record.label, path=record.path, error=None)
+        return dict(clip=normalize_clip(clip) if self.normalize else clip, label=record.label, path=record.path,
+                    error=None)
 
 
 def collate_clips(items):

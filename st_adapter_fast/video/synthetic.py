@@ -40,16 +40,28 @@ def render_clip(rng, num_frames, size):
 def write_mp4(path, frames, fps=8):
     """Write uint8 (T, H, W, 3) RGB frames (H, W even) to an mp4 file with PyAV (H.264, else MPEG-4)."""
     import av
-    height, width = frames.shape[1:3]
+    try:
+        write_video(path, frames, fps, "libx264", {"crf": "0", "preset": "veryfast"})
+    except (av.error.FFmpegError, ValueError):   # an ffmpeg build without libx264
+        write_video(path, frames, fps, "mpeg4", {"qscale": "2"})
+
+
+def write_video(path, frames, fps, codec, options=None):
+    """Write uint8 RGB frames (an iterable of (H, W, 3) arrays, H and W even) with PyAV's encoder `codec`
+    (libx264, libvpx-vp9, mpeg4, ...: the container follows the file's extension) and its `options`, in
+    yuv420p at `fps` frames per second."""
+    import av
     with av.open(path, "w") as container:
-        try:
-            stream = container.add_stream("libx264", rate=fps, options={"crf": "0", "preset": "veryfast"})
-        except (av.error.FFmpegError, ValueError):   # an ffmpeg build without libx264
-            stream = container.add_stream("mpeg4", rate=fps, options={"qscale": "2"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream = None
         for image in frames:
+            if stream is None:
+                stream = container.add_stream(codec, rate=fps, options=options or {})
+                stream.height, stream.width = image.shape[:2]
+                stream.pix_fmt = "yuv420p"
             for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                 container.mux(packet)
+        if stream is None:
+            raise ValueError(f"{path}: no frames to write")
         for packet in stream.encode():
             container.mux(packet)
 

@@ -7,15 +7,15 @@ schedule, scaler, RNG states of every rank, data position), an adapter-only resu
 top-1/top-5 on the validation list. `evaluate_adapters` scores a saved result.
 
 Files under `output_dir`: checkpoint.pt (latest, for resume), log.jsonl (one line per logged step or
-eval; training loss, accuracy and clips/s are rank 0's, evals cover all ranks), adapters/ (adapters +
+eval; training loss, accuracy, clips/s and the time waiting for data are rank 0's, evals cover all ranks), adapters/ (adapters +
 head, with what `from_pretrained` needs, and train_config.json, with absolute paths, which `eval` reads),
 metrics.json (final eval). `--no-resume` deletes these first.
 
-    config.py        TrainConfig: fields, checks, flags, YAML/JSON config files
+    config.py        TrainConfig: fields, checks, flags, YAML/JSON config files, recipes, resolve_schedule
     distributed.py   process group set-up under torchrun, all-reduce
     model.py         build_model (the VideoClassifier of a config), build_optimizer (AdamW + schedule), autocast
-    loader.py        the training DataLoader, resumable mid-epoch
-    loop.py          forward_backward, train_step, train (the run), the run's files
+    loader.py        the datasets of a config (uint8 clips) and the training DataLoader, resumable mid-epoch
+    loop.py          forward_backward, train_step, train (the run), the run's files, DataWait (time waiting for data)
     checkpoints.py   save_checkpoint / load_checkpoint (bit-for-bit resume), checkpoint_step
     evaluation.py    evaluate, evaluate_adapters, format_metrics
 """

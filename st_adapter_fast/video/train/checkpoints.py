@@ -59,8 +59,9 @@ def load_checkpoint(path, model, optimizer, scheduler, scaler, config, rank, wor
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: unknown checkpoint format {state.get('format')!r}")
     ours = json.loads(json.dumps(dataclasses.asdict(config)))
-    differ = sorted(k for k in set(ours) | set(state["config"])
-                    if k not in BOOKKEEPING_FIELDS and ours.get(k) != state["config"].get(k))
+    # a field added since the checkpoint was written had its default then
+    saved = dict(json.loads(json.dumps(dataclasses.asdict(type(config)()))), **state["config"])
+    differ = sorted(k for k in set(ours) | set(saved) if k not in BOOKKEEPING_FIELDS and ours.get(k) != saved.get(k))
     if differ:
         raise ValueError(f"{path}: made with a different config ({', '.join(differ)}); use another "
                          f"output_dir or --no-resume")

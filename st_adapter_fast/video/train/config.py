@@ -1,7 +1,9 @@
 """The training run's configuration: `TrainConfig` (every field a flag and a config-file key, each value
 checked), its conversion from YAML/JSON files and command-line flags, and what may differ on resume."""
 import dataclasses
+import functools
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -11,6 +13,8 @@ from ...integrations.backbones import check_model_name
 from ...integrations.classifier import AUTHORS_POOLING, POOLINGS
 from ...ops import BACKENDS
 from ...validation import check_kernel_size
+from ..recipes import RECIPES, with_recipe
+from ..transforms import DEFAULT_SCALE_JITTER, INTERPOLATIONS, TRAIN_CROPS, check_augmentation
 
 
 def default_num_workers():
@@ -31,8 +35,13 @@ def _option(help, default_text=None, **checks):
 @dataclass
 class TrainConfig:
     """Everything a run depends on; every field is also a command-line flag (`--field-name`) and a key of
-    a YAML/JSON config file. Values are checked on construction: a ValueError names the field."""
+    a YAML/JSON config file. Values are checked on construction: a ValueError names the field. A `recipe`
+    fills the fields not given with its preset (recipes.py)."""
 
+    recipe: str = field(default=None, metadata=_option(
+        "a preset of the authors' training recipe: data sampling, augmentation, optimisation, schedule and "
+        "eval views (authors-k400, authors-ssv2: see the README); every flag given overrides it", "none",
+        choices=tuple(RECIPES)))
     # data
     train_list: str = field(default=None, metadata=_option("list file of training videos", "required"))
     val_list: str = field(default=None, metadata=_option("list file of validation videos", "none: no eval"))
@@ -43,6 +52,21 @@ class TrainConfig:
         "take every r-th frame", "frames evenly covering the whole video", minimum=1))
     input_size: int = field(default=224, metadata=_option("side of the square input frames", minimum=1))
     flip: bool = field(default=True, metadata=_option("random horizontal flips in training"))
+    train_crop: str = field(default="random-square", metadata=_option(
+        "training crop: random-square (a random square of --crop-scale of the shorter side's square, resized), "
+        "short-side-jitter (the shorter side resized to --input-size x U(--scale-jitter), then a random crop), "
+        "random-resized (torchvision's RandomResizedCrop: --crop-scale of the area, aspect 3/4-4/3)",
+        choices=TRAIN_CROPS))
+    crop_scale: typing.List[float] = field(default=None, metadata=_option(
+        "fraction of the area a random-square or random-resized crop covers: low high",
+        "0.5 1 for random-square, 0.08 1 for random-resized"))
+    scale_jitter: typing.List[float] = field(default_factory=lambda: list(DEFAULT_SCALE_JITTER), metadata=_option(
+        "short-side-jitter: the range of the shorter side, in multiples of --input-size: low high (>= 1)"))
+    rand_augment: str = field(default=None, metadata=_option(
+        "timm RandAugment string applied to training frames before the crop, the same on every frame of a "
+        "clip, e.g. rand-m7-n4-mstd0.5-inc1", "none"))
+    interpolation: str = field(default="bilinear", metadata=_option(
+        "how frames are resized (and RandAugment interpolates)", choices=INTERPOLATIONS))
     eval_views: int = field(default=1, metadata=_option("temporal views per video in eval", minimum=1))
     eval_crops: int = field(default=1, metadata=_option("spatial crops per view in eval", choices=(1, 3)))
     num_workers: int = field(default_factory=default_num_workers, metadata=_option(
@@ -84,10 +108,19 @@ class TrainConfig:
     # optimisation
     batch_size: int = field(default=8, metadata=_option("clips per process and micro-step", minimum=1))
     accum_steps: int = field(default=1, metadata=_option("micro-steps per optimizer step", minimum=1))
-    steps: int = field(default=1000, metadata=_option("optimizer steps", minimum=1))
+    steps: int = field(default=1000, metadata=_option(
+        "optimizer steps (--epochs, when given, sets them)", minimum=1))
     warmup_steps: int = field(default=100, metadata=_option(
-        "linear warmup steps before the cosine decay", minimum=0))
-    lr: float = field(default=3e-4, metadata=_option("peak learning rate", minimum=0.0))
+        "linear warmup steps before the cosine decay (--warmup-epochs, when given, sets them)", minimum=0))
+    epochs: int = field(default=None, metadata=_option(
+        "passes over the training list; when given, sets --steps (the schedule then spans these epochs)",
+        "none: --steps", minimum=1))
+    warmup_epochs: int = field(default=None, metadata=_option(
+        "epochs of linear warmup; when given, sets --warmup-steps", "none: --warmup-steps", minimum=0))
+    lr: float = field(default=3e-4, metadata=_option("peak learning rate (--blr, when given, sets it)", minimum=0.0))
+    blr: float = field(default=None, metadata=_option(
+        "base learning rate per 256 clips: the peak learning rate is blr x clips per optimizer step (batch size x "
+        "accumulation steps x processes) / 256", "none: --lr", minimum=0.0))
     weight_decay: float = field(default=0.05, metadata=_option("AdamW weight decay (not on biases)", minimum=0.0))
     amp: str = field(default="none", metadata=_option("autocast dtype", choices=("none", "bf16", "fp16")))
     backbone_fp32: bool = field(default=False, metadata=_option(
@@ -129,9 +162,18 @@ class TrainConfig:
             check_model_name(self.model)
         except ValueError as error:
             raise ValueError(f"{config_key('model')}: {error}") from None
+        self._check_augmentation()
         if self.authors_checkpoint and self.pooling != AUTHORS_POOLING:
             raise ValueError(f"{config_key('authors_checkpoint')} needs pooling {AUTHORS_POOLING!r} (the authors' "
                              f"order), got {self.pooling!r}")
+
+    def _check_augmentation(self):
+        try:
+            check_augmentation(self.train_crop, self.crop_scale, self.scale_jitter, self.rand_augment,
+                               self.interpolation)
+        except ValueError as error:   # its message starts with the argument's name: the field's
+            name = str(error).split()[0].rstrip(":")
+            raise ValueError(config_key(name) + str(error)[len(name):]) from None
 
     @classmethod
     def from_dict(cls, values, source="config"):
@@ -140,6 +182,33 @@ class TrainConfig:
         a list); an unknown key or a value that does not convert raises ValueError naming `source` and
         the key."""
         return cls(**coerce_config_values(values, source))
+
+
+_init_fields = TrainConfig.__init__
+
+
+@functools.wraps(_init_fields)
+def _init_with_recipe(self, *args, **values):
+    """TrainConfig(...): the fields given, completed by the preset of `recipe` if one is named."""
+    values.update(zip((f.name for f in dataclasses.fields(TrainConfig)), args))
+    _init_fields(self, **with_recipe(values))
+
+
+TrainConfig.__init__ = _init_with_recipe
+
+
+def resolve_schedule(config, num_videos, world_size=1):
+    """`config` with the values its run derives made concrete: steps and warmup_steps from epochs and
+    warmup_epochs (optimizer steps per epoch: this rank's share of `num_videos`, in whole batches, over
+    accum_steps), lr from blr (blr x clips per optimizer step / 256). Unchanged where those are not set."""
+    changes = {}
+    batches = math.ceil(num_videos / world_size) // config.batch_size
+    for name, epochs in (("steps", config.epochs), ("warmup_steps", config.warmup_epochs)):
+        if epochs is not None:
+            changes[name] = max(round(epochs * batches / config.accum_steps), 1 if name == "steps" else 0)
+    if config.blr is not None:
+        changes["lr"] = config.blr * config.batch_size * config.accum_steps * world_size / 256
+    return dataclasses.replace(config, **changes) if changes else config
 
 
 def config_key(name):
@@ -217,16 +286,19 @@ def config_warnings(config):
     if not config.backbone_checkpoint and not config.authors_checkpoint:
         messages.append(f"the backbone {config.model} is randomly initialised (no --backbone-checkpoint or "
                         "--authors-checkpoint): fine to try the tool, not for real accuracy")
-    if config.steps <= config.warmup_steps:
+    if config.epochs is None and config.warmup_epochs is None and config.steps <= config.warmup_steps:
         messages.append(f"--steps {config.steps} <= --warmup-steps {config.warmup_steps}: the learning rate never "
                         f"leaves its linear warm-up (it reaches {config.steps}/{config.warmup_steps} of "
                         f"--lr {config.lr:g})")
+    if config.epochs is not None and config.warmup_epochs is not None and config.epochs <= config.warmup_epochs:
+        messages.append(f"--epochs {config.epochs} <= --warmup-epochs {config.warmup_epochs}: the learning rate "
+                        "never leaves its linear warm-up")
     return messages
 
 
 # Fields that do not change what a run computes: they may differ when resuming.
 BOOKKEEPING_FIELDS = {"num_workers", "output_dir", "save_every", "eval_every", "log_every", "resume", "stop_at",
-                "progress", "val_list", "eval_views", "eval_crops"}
+                "progress", "val_list", "eval_views", "eval_crops", "recipe"}
 # What `eval` uses of a config besides the run's own (its flags).
 EVAL_FIELDS = ("val_list", "data_root", "eval_views", "eval_crops", "batch_size", "num_workers", "amp", "backend",
                "device", "progress")

@@ -3,9 +3,11 @@ import os
 
 import torch
 
-from ..data import SkipCounter, VideoDataset, collate_clips
+from ..data import SkipCounter, collate_clips
+from ..transforms import normalize_clip
 from .config import TRAIN_CONFIG_NAME, TrainConfig, config_key, load_config_file
 from .distributed import all_reduce_sum, setup_distributed
+from .loader import make_dataset
 from .model import autocast, build_model
 
 
@@ -13,10 +15,7 @@ from .model import autocast, build_model
 def evaluate(model, config, device, rank=0, world_size=1):
     """Top-1/top-5 (%) on `config.val_list`, scores averaged over the views and crops of each video;
     each rank scores a disjoint share. Unreadable videos are counted in `skipped`, not in `videos`."""
-    dataset = VideoDataset(config.val_list, config.data_root, num_frames=config.num_frames,
-                           sampling_rate=config.sampling_rate, size=config.input_size, train=False,
-                           num_views=config.eval_views, num_crops=config.eval_crops,
-                           num_classes=config.num_classes)
+    dataset = make_dataset(config, train=False)
     share = torch.utils.data.Subset(dataset, range(rank, len(dataset), world_size))
     loader = torch.utils.data.DataLoader(share, batch_size=config.batch_size, collate_fn=collate_clips,
                                          num_workers=config.num_workers, pin_memory=device.type == "cuda")
@@ -28,7 +27,7 @@ def evaluate(model, config, device, rank=0, world_size=1):
         skips.add(batch["skipped"])
         if batch["clip"] is None:
             continue
-        clips, labels = batch["clip"].to(device), batch["label"].to(device)
+        clips, labels = normalize_clip(batch["clip"].to(device, non_blocking=True)), batch["label"].to(device)
         with autocast(config, device):
             logits = model(clips.flatten(0, 1)).float()
         scores = logits.softmax(-1).view(len(labels), -1, logits.shape[-1]).mean(1)

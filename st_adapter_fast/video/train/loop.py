@@ -1,11 +1,12 @@
 """The training run: `train(config)` (data, model, optimizer, resume, steps, periodic evals and checkpoints, the
 adapter-only result and final eval), one optimizer step (`train_step`) and one micro-batch (`forward_backward`),
-and the files a run writes to output_dir."""
+the files a run writes to output_dir, and where its time goes (`DataWait`: waiting for data against the steps)."""
 import contextlib
 import json
 import os
 import random
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -13,8 +14,10 @@ import torch.nn.functional as F
 
 from ...measure import compute_dtype_name, linear_compute_dtypes
 from ..data import SkipCounter, read_video_list
+from ..store import is_store
+from ..transforms import normalize_clip
 from .checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from .config import TRAIN_CONFIG_NAME, absolute_paths, config_key
+from .config import TRAIN_CONFIG_NAME, absolute_paths, config_key, resolve_schedule
 from .distributed import setup_distributed
 from .evaluation import evaluate, format_metrics
 from .loader import iterate_batches, make_train_loader
@@ -22,6 +25,9 @@ from .model import autocast, build_model, build_optimizer
 
 LOG_NAME, METRICS_NAME, ADAPTERS_NAME = "log.jsonl", "metrics.json", "adapters"
 RUN_FILES = (CHECKPOINT_NAME, LOG_NAME, METRICS_NAME, ADAPTERS_NAME)   # what a run writes to output_dir
+# a logging interval (after the first, which includes the loader's start) that waits for data more than this
+# fraction of its time on an accelerator gets a warning: the device starves
+DATA_WAIT_WARNING = 0.2
 
 
 def forward_backward(model, batch, config, scaler, device, loss_scale):
@@ -32,8 +38,8 @@ def forward_backward(model, batch, config, scaler, device, loss_scale):
         size = config.input_size
         clips = torch.zeros(1, 3, config.num_frames, size, size, device=device)
         labels, weight = torch.zeros(1, dtype=torch.long, device=device), 0.0
-    else:
-        clips = batch["clip"].to(device, non_blocking=True)
+    else:   # uint8 clips from the loader (a quarter of the bytes to move) are normalised on the device
+        clips = normalize_clip(batch["clip"].to(device, non_blocking=True))
         labels, weight = batch["label"].to(device, non_blocking=True), 1.0
     with autocast(config, device):
         logits = model(clips)
@@ -92,6 +98,8 @@ def train(config):
     rank, world_size, device = setup_distributed(config.device)
     # the data first: a wrong list or root fails in seconds, before a model is built or a step is run
     loader, sampler = make_train_loader(config, rank, world_size, device)
+    config = resolve_schedule(config, len(loader.dataset), world_size)
+    _say_schedule(rank, config, len(loader.dataset))
     if config.val_list:
         read_video_list(config.val_list, config.data_root, config.num_classes)
     model = build_model(config).to(device)
@@ -107,9 +115,10 @@ def train(config):
     if config.resume and os.path.exists(checkpoint):
         position = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler, config, rank, world_size)
         _say(rank, f"resumed from step {position['step']} of {config.steps} ({checkpoint})")
-    batches = iterate_batches(loader, sampler, position)
+    batches = DataWait(iterate_batches(loader, sampler, position))
     log = _Log(os.path.join(config.output_dir, LOG_NAME), enabled=rank == 0)
-    skips, window = SkipCounter(), dict(loss=0.0, correct=0, clips=0, steps=0, time=time.perf_counter())
+    skips, window = SkipCounter(), _new_window(batches)
+    starving = StarvationCheck(config, device, enabled=rank == 0)
     last = min(config.steps, config.stop_at or config.steps)
     bar = tqdm(total=config.steps, initial=position["step"], desc="train", unit="step",
                disable=rank != 0 or not config.progress)
@@ -124,10 +133,12 @@ def train(config):
         window.update(loss=window["loss"] + loss, correct=window["correct"] + correct,
                       clips=window["clips"] + clips, steps=window["steps"] + 1)
         bar.update()
-        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                        data=f"{_wait_fraction(window, batches):.0%}")
         if step % config.log_every == 0 or step == last:
-            log.write_train(step, window, scheduler.get_last_lr()[0], len(skips))
-            window = dict(loss=0.0, correct=0, clips=0, steps=0, time=time.perf_counter())
+            record = log.write_train(step, window, scheduler.get_last_lr()[0], len(skips), batches.seconds)
+            starving.check(step, window["steps"], record)
+            window = _new_window(batches)
         if (config.save_every and step % config.save_every == 0) or step == last:
             save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, position, config, rank, world_size)
         if config.val_list and config.eval_every and step % config.eval_every == 0 and step < config.steps:
@@ -136,11 +147,72 @@ def train(config):
             _say(rank, f"step {step}: {format_metrics(metrics)}")
     bar.close()
     result = dict(history=log.history, metrics=None, parameters=parameter_report(model), model=model,
-                  skipped_train_videos=len(skips), backbone_compute_dtype=backbone_dtype, steps_done=position["step"])
+                  skipped_train_videos=len(skips), backbone_compute_dtype=backbone_dtype, steps_done=position["step"],
+                  config=config)
     if position["step"] == config.steps:
         result["metrics"] = _finish(model, config, device, rank, world_size, log, save_adapters)
     result["wall_time_s"] = time.perf_counter() - started
     return result
+
+
+class DataWait:
+    """An iterator of batches that adds up, in `seconds`, the time its consumer waited for them."""
+
+    def __init__(self, batches):
+        self.batches, self.seconds = batches, 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        start = time.perf_counter()
+        try:
+            return next(self.batches)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+def _new_window(batches):
+    """The running sums of a logging interval, from now."""
+    return dict(loss=0.0, correct=0, clips=0, steps=0, time=time.perf_counter(), waited=batches.seconds)
+
+
+def _wait_fraction(window, batches):
+    return (batches.seconds - window["waited"]) / max(time.perf_counter() - window["time"], 1e-9)
+
+
+class StarvationCheck:
+    """Warns once per run when a logging interval after the first waited for data more than
+    DATA_WAIT_WARNING of its time on an accelerator, naming what would feed it faster."""
+
+    def __init__(self, config, device, enabled):
+        self.config, self.enabled, self.device, self.intervals = config, enabled and device.type != "cpu", device, 0
+
+    def check(self, step, steps, record):
+        self.intervals += 1
+        if not self.enabled or self.intervals == 1 or record["data_wait_fraction"] <= DATA_WAIT_WARNING:
+            return
+        self.enabled = False
+        remedy = (f"more --num-workers (now {self.config.num_workers}) would feed it faster" +
+                  ("" if is_store(self.config.data_root) else
+                   ", or a frame store: st-adapter-fast prepare, then --data-root STORE"))
+        warnings.warn(f"steps {step - steps + 1}-{step} waited for data {record['data_wait_fraction']:.0%} of the "
+                      f"time ({record['data_wait_s']:.1f} of {record['interval_s']:.1f} s): the {self.device.type} "
+                      f"starves; {remedy}", stacklevel=2)
+
+
+def _say_schedule(rank, config, num_videos):
+    """Say what --epochs and --blr made of the run's steps and learning rate."""
+    parts = []
+    if config.epochs is not None:
+        parts.append(f"{config.epochs} epochs of {num_videos} videos: {config.steps} optimizer steps")
+    if config.warmup_epochs is not None:
+        parts.append(f"{config.warmup_epochs} warm-up epochs: {config.warmup_steps} steps")
+    if config.blr is not None:
+        parts.append(f"lr {config.lr:.3g} (--blr {config.blr:g} x {config.lr * 256 / config.blr:.0f} clips per "
+                     "optimizer step / 256)")
+    if parts:
+        _say(rank, "; ".join(parts))
 
 
 def _say(rank, message):
@@ -198,11 +270,17 @@ class _Log:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def write_train(self, step, window, lr, skipped):
+    def write_train(self, step, window, lr, skipped, waited):
+        """Log a training interval (`waited`: the seconds of data wait so far); returns its record. The time
+        waiting for data is measured against the interval's wall time (each step ends in a synchronising
+        .item(), so a step's time is the device's)."""
         seconds = time.perf_counter() - window["time"]
+        wait = waited - window["waited"]
         record = dict(step=step, loss=window["loss"] / window["steps"], lr=lr,
                       train_acc=100.0 * window["correct"] / max(window["clips"], 1),
-                      clips_per_s=window["clips"] / max(seconds, 1e-9), skipped_videos=skipped)
+                      clips_per_s=window["clips"] / max(seconds, 1e-9), skipped_videos=skipped,
+                      data_wait_s=wait, interval_s=seconds, data_wait_fraction=wait / max(seconds, 1e-9))
         if self.backbone_compute_dtype is not None:
             record["backbone_compute_dtype"], self.backbone_compute_dtype = self.backbone_compute_dtype, None
         self.write(record)
+        return record
