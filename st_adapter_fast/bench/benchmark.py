@@ -223,9 +223,14 @@ def add_arguments(parser):
     parser.add_argument("--e2e", action="store_true",
                         help="also time one training step of the authors' model (see st_adapter_fast/bench/e2e.py)")
     parser.add_argument("--e2e-only", action="store_true", help="the training step only, no microbenchmarks")
-    parser.add_argument("--e2e-clips", type=int, help="clips per step; default on a GPU: 8, then the largest "
-                        "of 64 / 32 that fits")
+    parser.add_argument("--e2e-clips", type=int, nargs="+", help="clips per step, one run per number; default on a "
+                        "GPU: 8, 32 and 64 if it fits, each with the variants its goals need (the largest batch: all); "
+                        "on the CPU: 2")
     parser.add_argument("--e2e-variants", nargs="*", help="subset of the e2e variants (default: all)")
+    parser.add_argument("--e2e-steps", type=int, help="timed steps per variant (default: 10 on a GPU, 5 on the CPU)")
+    parser.add_argument("--e2e-compile-backend", default="inductor", help="torch.compile backend of the compiled "
+                        "variants (aot_eager_decomp_partition: AOTAutograd's graphs as inductor partitions them, run op "
+                        "by op, so that live tensors can be counted; no speed)")
     parser.add_argument("--rounds", type=int, help=f"CPU: alternating timing rounds per case (default: "
                         f"{CPU_ROUNDS['full']}, {CPU_ROUNDS['quick']} with --quick)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="a progress bar")
@@ -432,11 +437,24 @@ def _run(args):
             result["e2e"] = dict(e2e, **versions)
             if out:
                 write_results(out, result, quiet=True)
-        save_e2e(end_to_end(device, quick=args.quick, clips=getattr(args, "e2e_clips", None),
-                            variants=getattr(args, "e2e_variants", None), on_progress=save_e2e))
+        e2e = end_to_end(device, quick=args.quick, clips=getattr(args, "e2e_clips", None),
+                         variants=getattr(args, "e2e_variants", None), steps=getattr(args, "e2e_steps", None),
+                         compile_backend=getattr(args, "e2e_compile_backend", "inductor"), on_progress=save_e2e)
+        save_e2e(e2e)
+        print(e2e_goals_text(e2e))
     if out:
         write_results(out, result)
     return result
+
+
+def e2e_goals_text(e2e):
+    """The end-to-end goals, one line per goal and batch: the ratio, the goal and whether it is met."""
+    lines = ["e2e goals (ratio, goal, met):"]
+    for clips, measured in e2e["goals"].items():
+        for name, g in measured.items():
+            verdict = "" if g["met"] is None else ("  met" if g["met"] else "  MISSED")
+            lines.append(f"  {clips:>3s} clips  {name:46s} {g['value']:6.3f}  {g['goal'] or '':8s}{verdict}")
+    return "\n".join(lines)
 
 
 def _cpu_name():
