@@ -74,6 +74,15 @@ class _Checkpointed:
         context = dict(context_fn=_SELECTIVE_CONTEXT) if self._st_adapter_checkpointing == "selective" else {}
         return checkpoint(super().__call__, *args, use_reentrant=False, **context, **kwargs)
 
+    def __reduce_ex__(self, protocol):
+        # pickle and deepcopy: the subclass is made at run time, so it is rebuilt from the block's class and mode
+        return _new_checkpointed, (self._st_adapter_plain_class, self._st_adapter_checkpointing), self.__getstate__()
+
+
+def _new_checkpointed(block_class, mode):
+    cls = _checkpointed_class(block_class, mode)
+    return cls.__new__(cls)
+
 
 @functools.lru_cache(maxsize=None)
 def _checkpointed_class(block_class, mode):

@@ -3,6 +3,7 @@ for every mode and backend, eager and compiled, what the recomputation really ru
 backward), the memory it saves, and the errors."""
 import collections
 import copy
+import io
 
 import pytest
 import torch
@@ -142,6 +143,13 @@ def test_the_model_keeps_its_names_and_hooks_and_none_undoes_it():
     assert checkpointing_mode(model) == "full" and isinstance(model.backbone.blocks[0], plain_class)
     assert list(model.state_dict()) == keys
     copied = copy.deepcopy(model)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)   # the whole model, pickled
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert checkpointing_mode(loaded) == "full" and list(loaded.state_dict()) == keys
+    loss, grads, _ = step(loaded)
+    assert grads.keys() == step(classifier())[1].keys()
     set_checkpointing(model, "selective")
     assert checkpointing_mode(copied) == "full" and checkpointing_mode(model) == "selective"
     with torch.no_grad():   # eval runs the blocks as they are
