@@ -346,6 +346,17 @@ def bench_config(config, shape, dtype, device, impls, time_ms, bandwidth, flop_r
     return rows
 
 
+def _merged_e2e(old, new):
+    """The e2e result to write: `new`, with the batches of `old` that it did not measure when both are runs of
+    the same model and compile backend (separate commands then fill one file, e.g. 8, 32 and 64 clips)."""
+    if not new or not old:
+        return new or old
+    same = all(old.get(k) == new.get(k) for k in ("model", "model_kwargs", "img_size", "frames", "compile_backend"))
+    if not same or "by_clips" not in old:
+        return new
+    return dict(new, by_clips=dict(old["by_clips"], **new["by_clips"]), goals=dict(old.get("goals", {}), **new["goals"]))
+
+
 def write_results(path, result, quiet=False):
     """Write `result`, keeping rows of an existing file for (config, dtype, mode, impl) not measured now."""
     key = lambda r: (r.get("config"), r.get("dtype"), r.get("mode"), r.get("impl"))
@@ -356,7 +367,7 @@ def write_results(path, result, quiet=False):
         kept = {k: v for k, v in old.items() if k not in result}   # e.g. the ceilings of an earlier microbenchmark run
         result = dict(kept, **result)
         result.update(rows=[r for r in old.get("rows", []) if key(r) not in fresh] + result["rows"],
-                      e2e=result.get("e2e") or old.get("e2e"))
+                      e2e=_merged_e2e(old.get("e2e"), result.get("e2e")))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(result, f, indent=1)

@@ -109,6 +109,21 @@ def test_selective_checkpointing_keeps_at_most_0_7_of_the_reference_live_tensors
     assert result["blocks"] == 12 and goal["met"] and goal["value"] <= 0.7, goal
 
 
+def test_e2e_runs_of_other_batches_fill_one_results_file(tmp_path):
+    """Separate e2e commands (8, then 64 clips) into one --out file keep each other's batches; another model's
+    run replaces them."""
+    out = str(tmp_path / "r.json")
+    run = lambda clips, model="m": dict(device="d", rows=[], e2e=dict(
+        model=model, model_kwargs={}, img_size=224, frames=8, compile_backend="inductor", clips=clips,
+        by_clips={str(clips): {"fast": {"step_ms": clips}}}, goals={str(clips): {"g": {"value": 1.0}}}))
+    bench.write_results(out, run(8), quiet=True)
+    bench.write_results(out, run(64), quiet=True)
+    e2e = json.loads(open(out).read())["e2e"]
+    assert set(e2e["by_clips"]) == set(e2e["goals"]) == {"8", "64"} and e2e["clips"] == 64
+    bench.write_results(out, run(32, model="other"), quiet=True)
+    assert set(json.loads(open(out).read())["e2e"]["by_clips"]) == {"32"}
+
+
 def test_backward_floor_is_the_backbone_with_one_trainable_scale_per_adapter():
     """The floor's model: each adapter replaced by a per-channel scale of ones, so that it computes the plain
     backbone while every block's input gradient is needed."""
