@@ -354,7 +354,8 @@ def _merged_e2e(old, new):
     same = all(old.get(k) == new.get(k) for k in ("model", "model_kwargs", "img_size", "frames", "compile_backend"))
     if not same or "by_clips" not in old:
         return new
-    return dict(new, by_clips=dict(old["by_clips"], **new["by_clips"]), goals=dict(old.get("goals", {}), **new["goals"]))
+    return dict(new, by_clips=dict(old["by_clips"], **new["by_clips"]),
+                goal_checks=dict(old.get("goal_checks", {}), **new["goal_checks"]))
 
 
 def write_results(path, result, quiet=False):
@@ -461,7 +462,7 @@ def _run(args):
 def e2e_goals_text(e2e):
     """The end-to-end goals, one line per goal and batch: the ratio, the goal and whether it is met."""
     lines = ["e2e goals (ratio, goal, met):"]
-    for clips, measured in e2e["goals"].items():
+    for clips, measured in e2e["goal_checks"].items():
         for name, g in measured.items():
             verdict = "" if g["met"] is None else ("  met" if g["met"] else "  MISSED")
             lines.append(f"  {clips:>3s} clips  {name:46s} {g['value']:6.3f}  {g['goal'] or '':8s}{verdict}")

@@ -51,7 +51,7 @@ class Variant(NamedTuple):
     compile_mode: str = None
 
 
-VARIANTS = {
+VARIANT_SPECS = {
     "no adapters": Variant(adapters=None),
     "backward floor": Variant(adapters="scale"),
     "reference": Variant(adapters="reference"),
@@ -63,11 +63,12 @@ VARIANTS = {
     "fast + selective": Variant(checkpointing="selective"),
     "fast compiled + selective": Variant(checkpointing="selective", compile_mode="default"),
 }
+VARIANTS = tuple(VARIANT_SPECS)
 # On a GPU, by default: per batch, the variants that its goals need (each compiled variant compiles for
 # a minute or two); the largest batch runs them all. 64 runs only where it fits (else 32 runs them all).
 GPU_PLAN = {8: ("no adapters", "backward floor", "reference", "fast", "fast compiled (reduce-overhead)"),
             32: ("backward floor", "reference", "fast", "reference compiled", "fast compiled"),
-            64: tuple(VARIANTS)}
+            64: VARIANTS}
 AUTHORS_MODEL = "vit_base_patch16_clip_quickgelu_224"
 # On the CPU by default: the authors' architecture (QuickGELU CLIP, 12 blocks, Ca = C / 2) in miniature
 CPU_MODEL = dict(model_name=AUTHORS_MODEL, img_size=64, adapter_channels=64,
@@ -107,7 +108,7 @@ def replace_adapters_with_scales(model):
 
 def _variant_model(base, plain, name, compile_backend):
     """(module to call, module whose parameters train) for variant `name`, on copies of `base`/`plain`."""
-    variant = VARIANTS[name]
+    variant = VARIANT_SPECS[name]
     model = copy.deepcopy(plain if variant.adapters is None else base)
     if variant.adapters == "scale":
         replace_adapters_with_scales(model)
@@ -246,7 +247,7 @@ def _fresh_start(device):
 def measure_variant(name, base, plain, video, labels, device, steps, warmup=2, profile_steps=2,
                     compile_backend="inductor"):
     """Timing, memory and profile of one variant's training step (see the module docstring)."""
-    variant = VARIANTS[name]
+    variant = VARIANT_SPECS[name]
     _fresh_start(device)
     resting = torch.cuda.memory_allocated() if device == "cuda" else 0
     call, model = _variant_model(base, plain, name, compile_backend)
@@ -402,14 +403,15 @@ def end_to_end(device, quick=False, model_name=None, clips=None, frames=8, img_s
                   adapter_channels=adapter_channels, blocks=len(base.backbone.blocks), placement="pre-MLP, every block",
                   backbone_weights_dtype="bfloat16" if on_gpu else "float32",
                   autocast="bfloat16" if on_gpu else None, backbone_compute_dtype=compute_dtype_name(seen),
-                  compile_backend=compile_backend, steps=steps, by_clips={}, goals={})
+                  compile_backend=compile_backend, steps=steps, by_clips={}, goal_checks={})
 
     def run(n, names):
         by_clips = result["by_clips"][str(n)] = {}
         result.update(clips=n, variants=by_clips)
 
         def after_each():
-            result["goals"][str(n)] = goals(by_clips, n)
+            checks = result["goal_checks"][str(n)] = goals(by_clips, n)
+            result["goals"] = {name: check["value"] for name, check in checks.items()}   # of the latest batch
             if on_progress:
                 on_progress(result)
         return run_config(base, plain, n, names, device, frames, img_size, steps, compile_backend, log, by_clips,
@@ -417,7 +419,7 @@ def end_to_end(device, quick=False, model_name=None, clips=None, frames=8, img_s
 
     if clips is not None or not on_gpu:
         for n in [clips] if isinstance(clips, int) else (clips or [2]):
-            run(n, variants or list(VARIANTS))
+            run(n, variants or VARIANTS)
         return result
     resting = torch.cuda.memory_allocated()
     plan = {n: [v for v in names if variants is None or v in variants] for n, names in GPU_PLAN.items()}
