@@ -13,8 +13,8 @@ from st_adapter_fast import cli
 from st_adapter_fast.checkpointing import checkpointing_mode
 from st_adapter_fast.video.data import VideoDataset
 from st_adapter_fast.video.synthetic import make_synthetic
-from st_adapter_fast.video.train import (TrainConfig, build_model, forward_backward, load_config_file,
-                                   make_train_loader, setup_distributed, train)
+from st_adapter_fast.video.train import (TrainConfig, build_model, evaluate_adapters, forward_backward,
+                                   load_config_file, make_train_loader, setup_distributed, train)
 
 # one block of a 48-wide ViT on 32x32 frames (2x2 patches of 16)
 TINY_MODEL = dict(model="vit_tiny_patch16_224", input_size=32,
@@ -253,4 +253,7 @@ def test_compiled_run_matches_eager_resumes_bit_for_bit_and_evaluates(data, tmp_
     assert losses(first, second) == pytest.approx(losses(straight), rel=1e-5)
     assert losses(second) == losses(straight)[2:]   # the compiled step after the resume: bit for bit
     assert second["metrics"]["videos"] == 4
-    assert (tmp_path / "resumed" / "adapters" / "train_config.json").exists()
+    # eval rebuilds the run's model (checkpointed, uncompiled) from its folder and scores what train scored
+    assert evaluate_adapters(str(tmp_path / "resumed" / "adapters"))["top1"] == second["metrics"]["top1"]
+    bf16 = train(tiny_config(data, tmp_path / "bf16", amp="bf16", compile=True, **dict(common, steps=1)))
+    assert bf16["backbone_compute_dtype"] == "bfloat16" and bf16["history"][0]["loss"] > 0
