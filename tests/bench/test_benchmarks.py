@@ -70,6 +70,7 @@ MINI_AUTHORS = dict(model_name="vit_base_patch16_clip_quickgelu_224", clips=1, f
 
 
 @pytest.mark.compiled
+@pytest.mark.filterwarnings("ignore:compile mode reduce-overhead captures CUDA graphs")   # on the CPU, as it says
 def test_end_to_end_runs_every_variant_and_records_what_ran(tmp_path, monkeypatch):
     """The GPU benchmark's code on a 2-block miniature: every variant (compiled ones through AOTAutograd's graphs
     as inductor would partition them, run op by op: quick, and their live tensors countable), its profile
