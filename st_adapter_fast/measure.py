@@ -4,6 +4,9 @@ import contextlib
 
 import torch
 from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 
 def saved_activation_bytes(fn, *exclude):
@@ -21,6 +24,45 @@ def saved_activation_bytes(fn, *exclude):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
     return sum(storages.values())
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Context manager: the peak bytes of tensor storage that was allocated while it was active and is still
+    alive, as seen after every op (`peak_bytes`; `live_bytes` now). Device-independent (it counts storages,
+    not an allocator's blocks: the same figures on the CPU and a GPU) and blind to what existed before (weights,
+    inputs). Under torch.compile it sees the ops that a compiled graph runs through the dispatcher ("aot_eager"
+    backends: all of them); inductor's own buffers are invisible to it.
+
+    A storage is counted when an op returns it and none of the op's inputs had it (views and in-place ops
+    allocate nothing), and uncounted once it has been freed (weak references, checked at every op)."""
+
+    @classmethod
+    def ignore_compile_internals(cls):
+        return True   # compile as if the mode were off; its compiled code then runs under the mode
+
+    def __init__(self):
+        super().__init__()
+        self._live = {}   # storage address -> (weak reference, bytes)
+        self.live_bytes = self.peak_bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for key, (ref, nbytes) in list(self._live.items()):   # first: a freed storage's address may come back
+            if ref.expired():
+                del self._live[key]
+                self.live_bytes -= nbytes
+        inputs = {_storage_key(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and _storage_key(t) not in inputs and _storage_key(t) not in self._live:
+                storage = t.untyped_storage()
+                self._live[_storage_key(t)] = (StorageWeakRef(storage), storage.nbytes())
+                self.live_bytes += storage.nbytes()
+        self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+        return out
+
+
+def _storage_key(t):
+    return t.untyped_storage()._cdata
 
 
 def backbone_linears(model):

@@ -223,9 +223,14 @@ def add_arguments(parser):
     parser.add_argument("--e2e", action="store_true",
                         help="also time one training step of the authors' model (see st_adapter_fast/bench/e2e.py)")
     parser.add_argument("--e2e-only", action="store_true", help="the training step only, no microbenchmarks")
-    parser.add_argument("--e2e-clips", type=int, help="clips per step; default on a GPU: 8, then the largest "
-                        "of 64 / 32 that fits")
+    parser.add_argument("--e2e-clips", type=int, nargs="+", help="clips per step, one run per number; default on a "
+                        "GPU: 8, 32 and 64 if it fits, each with the variants its goals need (the largest batch: all); "
+                        "on the CPU: 2")
     parser.add_argument("--e2e-variants", nargs="*", help="subset of the e2e variants (default: all)")
+    parser.add_argument("--e2e-steps", type=int, help="timed steps per variant (default: 10 on a GPU, 5 on the CPU)")
+    parser.add_argument("--e2e-compile-backend", default="inductor", help="torch.compile backend of the compiled "
+                        "variants (aot_eager_decomp_partition: AOTAutograd's graphs as inductor partitions them, run op "
+                        "by op, so that live tensors can be counted; no speed)")
     parser.add_argument("--rounds", type=int, help=f"CPU: alternating timing rounds per case (default: "
                         f"{CPU_ROUNDS['full']}, {CPU_ROUNDS['quick']} with --quick)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="a progress bar")
@@ -341,6 +346,18 @@ def bench_config(config, shape, dtype, device, impls, time_ms, bandwidth, flop_r
     return rows
 
 
+def _merged_e2e(old, new):
+    """The e2e result to write: `new`, with the batches of `old` that it did not measure when both are runs of
+    the same model and compile backend (separate commands then fill one file, e.g. 8, 32 and 64 clips)."""
+    if not new or not old:
+        return new or old
+    same = all(old.get(k) == new.get(k) for k in ("model", "model_kwargs", "img_size", "frames", "compile_backend"))
+    if not same or "by_clips" not in old:
+        return new
+    return dict(new, by_clips=dict(old["by_clips"], **new["by_clips"]),
+                goal_checks=dict(old.get("goal_checks", {}), **new["goal_checks"]))
+
+
 def write_results(path, result, quiet=False):
     """Write `result`, keeping rows of an existing file for (config, dtype, mode, impl) not measured now."""
     key = lambda r: (r.get("config"), r.get("dtype"), r.get("mode"), r.get("impl"))
@@ -351,7 +368,7 @@ def write_results(path, result, quiet=False):
         kept = {k: v for k, v in old.items() if k not in result}   # e.g. the ceilings of an earlier microbenchmark run
         result = dict(kept, **result)
         result.update(rows=[r for r in old.get("rows", []) if key(r) not in fresh] + result["rows"],
-                      e2e=result.get("e2e") or old.get("e2e"))
+                      e2e=_merged_e2e(old.get("e2e"), result.get("e2e")))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
@@ -432,11 +449,24 @@ def _run(args):
             result["e2e"] = dict(e2e, **versions)
             if out:
                 write_results(out, result, quiet=True)
-        save_e2e(end_to_end(device, quick=args.quick, clips=getattr(args, "e2e_clips", None),
-                            variants=getattr(args, "e2e_variants", None), on_progress=save_e2e))
+        e2e = end_to_end(device, quick=args.quick, clips=getattr(args, "e2e_clips", None),
+                         variants=getattr(args, "e2e_variants", None), steps=getattr(args, "e2e_steps", None),
+                         compile_backend=getattr(args, "e2e_compile_backend", "inductor"), on_progress=save_e2e)
+        save_e2e(e2e)
+        print(e2e_goals_text(e2e))
     if out:
         write_results(out, result)
     return result
+
+
+def e2e_goals_text(e2e):
+    """The end-to-end goals, one line per goal and batch: the ratio, the goal and whether it is met."""
+    lines = ["e2e goals (ratio, goal, met):"]
+    for clips, measured in e2e["goal_checks"].items():
+        for name, g in measured.items():
+            verdict = "" if g["met"] is None else ("  met" if g["met"] else "  MISSED")
+            lines.append(f"  {clips:>3s} clips  {name:46s} {g['value']:6.3f}  {g['goal'] or '':8s}{verdict}")
+    return "\n".join(lines)
 
 
 def cpu_name():

@@ -64,24 +64,84 @@ def test_bench_silences_the_cuda_home_warning(caplog):
     assert "CUDA_HOME" not in caplog.text
 
 
+# The authors' architecture (QuickGELU CLIP, pre-MLP adapters, Ca = C / 2) in miniature
+MINI_AUTHORS = dict(model_name="vit_base_patch16_clip_quickgelu_224", clips=1, frames=4, img_size=32, adapter_channels=16,
+                    steps=1, log=lambda line: None)
+
+
 @pytest.mark.compiled
+@pytest.mark.filterwarnings("ignore:compile mode reduce-overhead captures CUDA graphs")   # on the CPU, as it says
 def test_end_to_end_runs_every_variant_and_records_what_ran(tmp_path, monkeypatch):
-    """The GPU benchmark's code on a tiny model: every variant (compiled ones through AOTAutograd without
-    code generation, to stay quick), its profile breakdown and the backbone dtype seen by hooks."""
+    """The GPU benchmark's code on a 2-block miniature: every variant (compiled ones through AOTAutograd's graphs
+    as inductor would partition them, run op by op: quick, and their live tensors countable), its profile
+    breakdown, the backbone dtype seen by hooks, the peak of live tensors and the goals' ratios."""
+    from st_adapter_fast.bench.benchmark import e2e_goals_text
     from st_adapter_fast.bench.e2e import VARIANTS, end_to_end
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    result = end_to_end(DEVICE, model_name="vit_tiny_patch16_224", clips=1, frames=2, img_size=32,
-                        adapter_channels=16, steps=1, compile_backend="aot_eager", log=lambda line: None)
-    assert tuple(result["variants"]) == VARIANTS and result["clips"] == 1
+    result = end_to_end(DEVICE, model_kwargs=dict(patch_size=8, embed_dim=32, num_heads=2, depth=2),
+                        compile_backend="aot_eager_decomp_partition", **MINI_AUTHORS)
+    assert tuple(result["variants"]) == VARIANTS and result["clips"] == 1 and result["blocks"] == 2
     assert result["backbone_compute_dtype"] == ("bfloat16" if DEVICE == "cuda" else "float32")
     for name, v in result["variants"].items():
-        assert v["step_ms"] > 0 and v["clips_per_s"] > 0, name
+        assert v["step_ms"] > 0 and v["clips_per_s"] > 0 and v["peak_live_bytes"] > 0, name
         parts = v["breakdown_ms"]
         assert parts["forward_ms"] > 0 and parts["backward_ms"] >= 0 and parts["optimizer_ms"] > 0, name
         if name in ("reference", "fast"):   # adapters told apart in the eager variants
             assert parts["adapters_forward_ms"] > 0 and parts["adapters_backward_ms"] > 0, name
-    assert result["variants"]["no adapters"]["breakdown_ms"]["adapters_forward_ms"] == 0
-    assert set(result["goals"]) and all(v is None or v > 0 for v in result["goals"].values())
+        assert (v["cudagraph_skips"] is None) == ("compiled" not in name), name
+    variants = result["variants"]
+    assert variants["no adapters"]["breakdown_ms"]["adapters_forward_ms"] == 0
+    live = {name: v["peak_live_bytes"] for name, v in variants.items()}
+    # no backward through the backbone < the floor's backward < the adapters'; full checkpointing keeps least
+    assert live["no adapters"] < live["backward floor"] < live["fast"] <= live["reference"]
+    assert live["fast + checkpointing"] < live["fast + selective"] <= live["fast"]
+    checks = result["goal_checks"]["1"]
+    assert all(g["value"] > 0 for g in checks.values()) and "reference / fast" not in checks   # that goal: 64 clips
+    assert result["goals"] == {name: g["value"] for name, g in checks.items()}
+    assert "live tensors: fast + selective / reference" in e2e_goals_text(result)
+
+
+def test_selective_checkpointing_keeps_at_most_0_7_of_the_reference_live_tensors():
+    """The issue's CPU goal, on the authors' 12-block architecture in miniature: the peak of live tensors over
+    a training step, fast adapters with selective checkpointing against the reference adapters without any."""
+    from st_adapter_fast.bench.e2e import end_to_end
+    result = end_to_end("cpu", model_kwargs=dict(patch_size=8, embed_dim=32, num_heads=2),
+                        variants=["reference", "fast + selective"], **MINI_AUTHORS)
+    goal = result["goal_checks"]["1"]["live tensors: fast + selective / reference"]
+    assert result["blocks"] == 12 and goal["met"] and goal["value"] <= 0.7, goal
+
+
+def test_e2e_runs_of_other_batches_fill_one_results_file(tmp_path):
+    """Separate e2e commands (8, then 64 clips) into one --out file keep each other's batches; another model's
+    run replaces them."""
+    out = str(tmp_path / "r.json")
+    run = lambda clips, model="m": dict(device="d", rows=[], e2e=dict(
+        model=model, model_kwargs={}, img_size=224, frames=8, compile_backend="inductor", clips=clips,
+        by_clips={str(clips): {"fast": {"step_ms": clips}}}, goal_checks={str(clips): {"g": {"value": 1.0}}}))
+    bench.write_results(out, run(8), quiet=True)
+    bench.write_results(out, run(64), quiet=True)
+    e2e = json.loads(open(out).read())["e2e"]
+    assert set(e2e["by_clips"]) == set(e2e["goal_checks"]) == {"8", "64"} and e2e["clips"] == 64
+    bench.write_results(out, run(32, model="other"), quiet=True)
+    assert set(json.loads(open(out).read())["e2e"]["by_clips"]) == {"32"}
+
+
+def test_backward_floor_is_the_backbone_with_one_trainable_scale_per_adapter():
+    """The floor's model: each adapter replaced by a per-channel scale of ones, so that it computes the plain
+    backbone while every block's input gradient is needed."""
+    from st_adapter_fast.bench.e2e import ChannelScale, _variant_model, build_models
+    base, plain = build_models("cpu", "vit_base_patch16_clip_quickgelu_224", frames=2, img_size=32,
+                               adapter_channels=8, model_kwargs=dict(patch_size=8, embed_dim=16, num_heads=2, depth=3))
+    call, model = _variant_model(base, plain, "backward floor", "inductor")
+    scales = [m for m in model.modules() if isinstance(m, ChannelScale)]
+    assert len(scales) == 3 and not any(isinstance(m, saf.STAdapter) for m in model.modules())
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {f"backbone.blocks.{i}.st_adapter_mlp.scale" for i in range(3)} | {"head.weight", "head.bias"}
+    video = torch.randn(1, 3, 2, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(call(video), plain(video))
+    call(video).sum().backward()
+    assert all(s.scale.grad is not None and s.scale.grad.abs().sum() > 0 for s in scales)
 
 
 def test_plot_from_results(tmp_path):

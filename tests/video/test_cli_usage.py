@@ -65,6 +65,8 @@ def test_debug_shows_the_traceback(tmp_path):
     (["trian"], "invalid choice: 'trian'"),
     (["train", "--train-list", "x", "--num-classes", "2", "--model", "hf:nope"], "hf:nope: not a local folder"),
     (["train", "--train-list", "x", "--num-classes", "2", "--model", "open_clip:nope"], "open_clip:nope: unknown"),
+    (["train", "--grad-checkpointing", "some"], "--grad-checkpointing: invalid choice: 'some'"),
+    (["train", "--compile-mode", "fast"], "--compile-mode: invalid choice: 'fast'"),
 ])
 def test_bad_values_are_refused_at_start_up_in_one_line(args, expected, capsys):
     import re
@@ -121,6 +123,25 @@ def test_old_flag_spellings_still_work(tmp_path):
     args = cli.build_parser().parse_args(["make-synthetic", str(tmp_path), "--frames", "4"])
     assert args.num_frames == 4
     assert cli.build_parser().parse_args(["demo", "--workers", "0"]).num_workers == 0
+
+
+def test_grad_checkpointing_takes_a_mode_and_its_former_boolean_spellings(tmp_path):
+    """none | full | selective; the former boolean flag and config values mean full / none."""
+    parse = lambda *flags: TrainConfig.from_dict(
+        {k: v for k, v in vars(cli.build_parser().parse_args(["train", *flags])).items()
+         if k in ("grad_checkpointing", "compile", "compile_mode")}).grad_checkpointing
+    assert parse() == "none" and parse("--grad-checkpointing") == "full"
+    assert parse("--grad-checkpointing", "selective") == "selective" and parse("--no-grad-checkpointing") == "none"
+    config_file = tmp_path / "run.yaml"
+    for text, expected in [("grad_checkpointing: true\n", "full"), ("grad_checkpointing: false\n", "none"),
+                           ("grad_checkpointing: selective\n", "selective")]:
+        config_file.write_text(text)
+        assert TrainConfig.from_dict(load_config_file(str(config_file))).grad_checkpointing == expected
+    assert TrainConfig(grad_checkpointing=True).grad_checkpointing == "full"
+    with pytest.raises(ValueError, match=r"grad_checkpointing \(--grad-checkpointing\) must be one of none, full, "):
+        TrainConfig(grad_checkpointing="half")
+    args = cli.build_parser().parse_args(["train", "--compile", "--compile-mode", "reduce-overhead"])
+    assert (args.compile, args.compile_mode) == (True, "reduce-overhead")
 
 
 def test_num_workers_defaults_to_the_cores_available():

@@ -10,10 +10,11 @@ import torch
 import torch.multiprocessing as mp
 
 from st_adapter_fast import cli
+from st_adapter_fast.integrations.checkpointing import checkpointing_mode
 from st_adapter_fast.video.data import VideoDataset
 from st_adapter_fast.video.synthetic import make_synthetic
-from st_adapter_fast.video.train import (TrainConfig, build_model, forward_backward, load_config_file,
-                                   make_train_loader, setup_distributed, train)
+from st_adapter_fast.video.train import (TrainConfig, build_model, evaluate_adapters, forward_backward,
+                                   load_config_file, make_train_loader, setup_distributed, train)
 
 # one block of a 48-wide ViT on 32x32 frames (2x2 patches of 16)
 TINY_MODEL = dict(model="vit_tiny_patch16_224", input_size=32,
@@ -97,11 +98,16 @@ def _ddp_worker(rank, port, config, out_dir):
         torch.distributed.destroy_process_group()
 
 
-def test_ddp_on_two_processes_matches_one_process_on_the_global_batch(data, tmp_path):
-    per_rank = tiny_config(data, tmp_path / "unused", dropout=0.0, steps=2, batch_size=2)
+def test_ddp_on_two_processes_matches_one_process_on_the_global_batch(data, tmp_path, monkeypatch):
+    # The ranks' first-batch gradients come from eager DDP; their run is compiled (aot_eager, inherited by the
+    # spawned processes) with selective checkpointing, which must not change what it computes.
+    monkeypatch.setenv("ST_ADAPTER_FAST_COMPILE_BACKEND", "aot_eager")
+    per_rank = tiny_config(data, tmp_path / "unused", dropout=0.0, steps=2, batch_size=2, compile=True,
+                           grad_checkpointing="selective")
     mp.spawn(_ddp_worker, args=(_free_port(), per_rank, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    single = dataclasses.replace(per_rank, batch_size=4, output_dir=str(tmp_path / "single"))
+    single = dataclasses.replace(per_rank, batch_size=4, output_dir=str(tmp_path / "single"), compile=False,
+                                 grad_checkpointing="none")
     gradients = _first_batch_gradients(single)
     result = train(single)
     # DDP averages the two ranks' mean-loss gradients in float32: equal to the one-process mean over
@@ -215,10 +221,39 @@ def test_amp_bf16_run_computes_the_whole_backbone_in_bf16(data, tmp_path, monkey
     assert train(tiny_config(data, tmp_path / "fp32", steps=1, val_list=None))["backbone_compute_dtype"] == "float32"
 
 
-def test_grad_checkpointing_run_matches_the_plain_run(data, tmp_path):
+@pytest.mark.parametrize("mode", ["full", "selective"])
+def test_grad_checkpointing_run_matches_the_plain_run(data, tmp_path, mode):
     plain = train(tiny_config(data, tmp_path / "plain", steps=2, val_list=None, dropout=0.0))
     checkpointed = train(tiny_config(data, tmp_path / "ckpt", steps=2, val_list=None, dropout=0.0,
-                                     grad_checkpointing=True))
-    assert checkpointed["model"].backbone.grad_checkpointing
+                                     grad_checkpointing=mode))
+    assert checkpointing_mode(checkpointed["model"]) == mode
     losses = lambda run: [r["loss"] for r in run["history"]]
     assert losses(checkpointed) == pytest.approx(losses(plain), rel=1e-6)
+
+
+@pytest.mark.compiled
+def test_compiled_run_matches_eager_resumes_bit_for_bit_and_evaluates(data, tmp_path, monkeypatch):
+    """--compile with selective checkpointing (aot_eager: dynamo and AOTAutograd as with inductor, without the
+    minutes of code generation): the eager run's losses, an exact resume, the eval and the files of a run."""
+    monkeypatch.setenv("ST_ADAPTER_FAST_COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    common = dict(steps=3, val_list=None, dropout=0.0, grad_checkpointing="selective")
+    eager = train(tiny_config(data, tmp_path / "eager", **common))
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    straight = train(tiny_config(data, tmp_path / "straight", compile=True, **common))
+    assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"]   # compiled, as one graph
+    losses = lambda *runs: [r["loss"] for run in runs for r in run["history"] if "loss" in r]
+    assert losses(straight) == pytest.approx(losses(eager), rel=1e-5)
+    assert straight["backbone_compute_dtype"] == "float32" == straight["history"][0]["backbone_compute_dtype"]
+    # stop, then resume compiled (with an eval at the end); the stopped half may run eagerly: how, not what
+    first = train(tiny_config(data, tmp_path / "resumed", stop_at=2, **dict(common, grad_checkpointing="none")))
+    second = train(tiny_config(data, tmp_path / "resumed", compile=True, compile_mode="max-autotune",
+                               **dict(common, val_list=data["val_list"])))
+    assert losses(first, second) == pytest.approx(losses(straight), rel=1e-5)
+    assert losses(second) == losses(straight)[2:]   # the compiled step after the resume: bit for bit
+    assert second["metrics"]["videos"] == 4
+    # eval rebuilds the run's model (checkpointed, uncompiled) from its folder and scores what train scored
+    assert evaluate_adapters(str(tmp_path / "resumed" / "adapters"))["top1"] == second["metrics"]["top1"]
+    bf16 = train(tiny_config(data, tmp_path / "bf16", amp="bf16", compile=True, **dict(common, steps=1)))
+    assert bf16["backbone_compute_dtype"] == "bfloat16" and bf16["history"][0]["loss"] > 0

@@ -8,6 +8,8 @@ import os
 import typing
 from dataclasses import dataclass, field
 
+from ...integrations.checkpointing import CHECKPOINTING
+from ...compiling import COMPILE_MODES
 from ...integrations.adapters import PLACEMENTS
 from ...integrations.backbones import check_model_name
 from ...integrations.classifier import AUTHORS_POOLING, POOLINGS
@@ -126,9 +128,16 @@ class TrainConfig:
     backbone_fp32: bool = field(default=False, metadata=_option(
         "keep the frozen backbone's weights in fp32 under --amp, not in the amp dtype (as the authors keep "
         "theirs in fp16)"))
-    grad_checkpointing: bool = field(default=False, metadata=_option(
-        "recompute each backbone block in backward instead of keeping its activations (less memory, "
-        "more time)"))
+    grad_checkpointing: str = field(default="none", metadata=_option(
+        "activation checkpointing of every backbone block: full (keep each block's input, recompute the block in "
+        "backward: least memory, most time), selective (keep attention and widening matmul outputs, recompute the "
+        "elementwise ops, norms and adapters) or none; the flag alone means full", choices=CHECKPOINTING,
+        aliases={True: "full", False: "none"}))
+    compile: bool = field(default=False, metadata=_option(
+        "torch.compile the whole classifier (one graph; the first steps compile, for minutes)"))
+    compile_mode: str = field(default="default", metadata=_option(
+        "with --compile: default, reduce-overhead (CUDA graphs of the step: no host time, for fixed shapes on a "
+        "GPU) or max-autotune (longer compilation, autotuned kernels)", choices=COMPILE_MODES))
     seed: int = field(default=0, metadata=_option("seed of init, data order and augmentation"))
     device: str = field(default=None, metadata=_option("cpu, cuda or cuda:N", "cuda if available"))
     # bookkeeping
@@ -253,6 +262,16 @@ def _convert(kind, value):
     raise ValueError(f"not a {kind.__name__}")
 
 
+def _alias(f, value):
+    """A field's value for a former spelling of it (`aliases` in its metadata: grad_checkpointing's true / false,
+    from when it was a bool), else `value`."""
+    aliases = f.metadata.get("aliases")
+    try:
+        return aliases[_convert(bool, value)] if aliases else value
+    except ValueError:   # not a bool
+        return value
+
+
 def coerce_config_values(values, source):
     """`values` with each converted to its TrainConfig field's type (see TrainConfig.from_dict)."""
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -270,6 +289,7 @@ def coerce_config_values(values, source):
                 raise ValueError(f"{source}: {name}: must be given, got None")
             out[name] = None
             continue
+        value = _alias(fields[name], value)
         items = list(value) if is_list and isinstance(value, (list, tuple)) else [value]
         try:
             converted = [_convert(item_kind, item) for item in items]
@@ -298,7 +318,8 @@ def config_warnings(config):
 
 # Fields that do not change what a run computes: they may differ when resuming.
 BOOKKEEPING_FIELDS = {"num_workers", "output_dir", "save_every", "eval_every", "log_every", "resume", "stop_at",
-                "progress", "val_list", "eval_views", "eval_crops", "recipe"}
+                "progress", "val_list", "eval_views", "eval_crops", "recipe",
+                "grad_checkpointing", "compile", "compile_mode"}   # how a step runs, not what it computes
 # What `eval` uses of a config besides the run's own (its flags).
 EVAL_FIELDS = ("val_list", "data_root", "eval_views", "eval_crops", "batch_size", "num_workers", "amp", "backend",
                "device", "progress")
@@ -358,7 +379,12 @@ def add_config_arguments(parser, only=None, default_text=None):
             options["type"] = kind
         if f.metadata.get("choices") and kind is not bool:
             options["choices"] = f.metadata["choices"]
-        parser.add_argument("--" + f.name.replace("_", "-"), **options)
+        flag = "--" + f.name.replace("_", "-")
+        if f.metadata.get("aliases"):   # a former bool flag: alone it means True's alias, --no-x False's
+            options.update(nargs="?", const=f.metadata["aliases"][True])
+            parser.add_argument("--no-" + flag[2:], dest=f.name, action="store_const",
+                                const=f.metadata["aliases"][False], default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        parser.add_argument(flag, **options)
 
 
 def _json_object(text):

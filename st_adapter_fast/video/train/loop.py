@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...compiling import compile_model
 from ...measure import compute_dtype_name, linear_compute_dtypes
 from ..data import SkipCounter, read_video_list
 from ..store import is_store
@@ -104,7 +105,9 @@ def train(config):
         read_video_list(config.val_list, config.data_root, config.num_classes)
     model = build_model(config).to(device)
     _seed_everything(config.seed + rank)   # dropout differs between ranks, as with independent samples
-    trained = DistributedDataParallel(model) if world_size > 1 else model
+    trained = compile_model(model, config.compile_mode) if config.compile else model
+    if world_size > 1:   # DDP around the compiled model: dynamo cannot trace DDP's own forward as one graph
+        trained = DistributedDataParallel(trained)
     optimizer, scheduler = build_optimizer(model, config)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     position = dict(step=0, epoch=0, batch=0)
@@ -123,6 +126,8 @@ def train(config):
     bar = tqdm(total=config.steps, initial=position["step"], desc="train", unit="step",
                disable=rank != 0 or not config.progress)
     backbone_dtype = None   # what the backbone's Linear layers computed in, seen by hooks on the first step
+    if config.compile:   # hooks would be traced into the compiled graph, and removing them would recompile it
+        backbone_dtype = log.backbone_compute_dtype = _backbone_dtype_on_one_clip(model, config, device)
     while position["step"] < last:
         with linear_compute_dtypes(model.backbone) if backbone_dtype is None else contextlib.nullcontext() as seen:
             loss, correct, clips = train_step(trained, batches, optimizer, scheduler, scaler, config, device, skips)
@@ -213,6 +218,18 @@ def _say_schedule(rank, config, num_videos):
                      "optimizer step / 256)")
     if parts:
         _say(rank, "; ".join(parts))
+
+
+def _backbone_dtype_on_one_clip(model, config, device):
+    """What the backbone's Linear layers compute in, seen by hooks on one eager forward of a clip of zeros, in
+    eval mode (no dropout: the RNG streams stay those of a run without it)."""
+    was_training = model.training
+    model.eval()
+    size = config.input_size
+    with torch.no_grad(), autocast(config, device), linear_compute_dtypes(model.backbone) as seen:
+        model(torch.zeros(1, 3, config.num_frames, size, size, device=device))
+    model.train(was_training)
+    return compute_dtype_name(seen)
 
 
 def _say(rank, message):

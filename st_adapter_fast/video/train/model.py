@@ -5,6 +5,8 @@ import os
 
 import torch
 
+from ...integrations.checkpointing import set_checkpointing
+
 
 AMP_DTYPES = dict(bf16=torch.bfloat16, fp16=torch.float16)
 
@@ -34,16 +36,16 @@ def train_folder_arguments(folder):
 
 def build_model(config):
     """The VideoClassifier of `config`, initialised from `config.seed` (the same on every rank), with the
-    authors' checkpoint loaded if there is one."""
+    authors' checkpoint loaded if there is one and its blocks checkpointed as `config.grad_checkpointing` says
+    (not compiled: `train` compiles what it trains)."""
     from ...integrations.authors import load_authors_checkpoint
-    from ...integrations.backbones import set_grad_checkpointing
     from ...integrations.classifier import build_video_classifier
     model = build_video_classifier(**classifier_arguments(config))
     if config.authors_checkpoint:
         load_authors_checkpoint(model, config.authors_checkpoint)
         model.build_arguments["authors_checkpoint"] = os.path.abspath(config.authors_checkpoint)
-    if config.grad_checkpointing:
-        set_grad_checkpointing(model, True)
+    if config.grad_checkpointing != "none":
+        set_checkpointing(model, config.grad_checkpointing)
     if config.linear_probe:
         for name, p in model.named_parameters():
             if ".st_adapter_" in name:
