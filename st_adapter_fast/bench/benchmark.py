@@ -30,6 +30,8 @@ import torch.nn.functional as F
 
 from ..activations import apply_activation
 from ..backends import available_on
+from ..console import positive_int
+from ..files import check_writable_folder
 from ..measure import saved_activation_bytes
 from ..ops import st_adapter
 from ..reference import st_adapter_reference
@@ -223,10 +225,10 @@ def add_arguments(parser):
     parser.add_argument("--e2e", action="store_true",
                         help="also time one training step of the authors' model (see st_adapter_fast/bench/e2e.py)")
     parser.add_argument("--e2e-only", action="store_true", help="the training step only, no microbenchmarks")
-    parser.add_argument("--e2e-clips", type=int, help="clips per step; default on a GPU: 8, then the largest "
+    parser.add_argument("--e2e-clips", type=positive_int, help="clips per step; default on a GPU: 8, then the largest "
                         "of 64 / 32 that fits")
     parser.add_argument("--e2e-variants", nargs="*", help="subset of the e2e variants (default: all)")
-    parser.add_argument("--rounds", type=int, help=f"CPU: alternating timing rounds per case (default: "
+    parser.add_argument("--rounds", type=positive_int, help=f"CPU: alternating timing rounds per case (default: "
                         f"{CPU_ROUNDS['full']}, {CPU_ROUNDS['quick']} with --quick)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="a progress bar")
 
@@ -393,6 +395,7 @@ def _run(args):
         [torch.bfloat16, torch.float16] if device == "cuda" else [torch.float32])
     device_name = torch.cuda.get_device_name() if device == "cuda" else _cpu_name()
     out = args.out or (os.path.join("benchmarks", "results", device_slug(device_name) + ".json") if args.save else None)
+    _check_output_options(args, out)
     result = dict(device=device_name, torch=torch.__version__, cuda=torch.version.cuda,
                   triton=_triton_version(), python=platform.python_version(), command=" ".join(sys.argv),
                   date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), rows=[])
@@ -437,6 +440,19 @@ def _run(args):
     if out:
         write_results(out, result)
     return result
+
+
+def _check_output_options(args, out):
+    """Before any timing: the e2e variants asked for exist, and the results file can be written."""
+    if getattr(args, "e2e_variants", None):
+        from .e2e import VARIANTS
+        unknown = sorted(set(args.e2e_variants) - set(VARIANTS))
+        if unknown:
+            raise ValueError(f"--e2e-variants: unknown {unknown}; known: {list(VARIANTS)}")
+    if out:
+        if os.path.isdir(out):
+            raise ValueError(f"--out {out} is a folder; name the JSON file to write")
+        check_writable_folder(os.path.dirname(os.path.abspath(out)), "--out's folder")
 
 
 def _cpu_name():
