@@ -68,6 +68,9 @@ def run_main(args):
     (["--model-kwargs", '{"pretrained": true}'], r"--model-kwargs\).*'pretrained' is not allowed"),
     (["--model-kwargs", '{"checkpoint_path": "other.pth"}'], r"--model-kwargs\).*'checkpoint_path' is not allowed"),
     (["--model-kwargs", '{"device": "meta"}'], r"--model-kwargs\).*'device' is not allowed"),
+    (["--model-kwargs", '{"img_size": 64}'], r"img_size 64 differs from input_size \(--input-size\) 224"),
+    (["--backbone-checkpoint", "vit.safetensors"], r"backbone_checkpoint \(--backbone-checkpoint\) not found"),
+    (["--authors-checkpoint", "."], r"authors_checkpoint \(--authors-checkpoint\) \. is a folder"),
 ])
 def test_train_refuses_bad_values_in_one_line_naming_the_flag(flags, expected, tmp_path, capsys):
     out = tmp_path / "run"
@@ -158,6 +161,13 @@ def test_an_output_dir_that_cannot_be_written_fails_before_training(data, tmp_pa
     code = run_main(["train", *data_flags(data), *TINY, "--steps", "1", "--output-dir", str(tmp_path / "run")])
     assert "adapters is in the way" in one_error_line(capsys, code)
     assert sorted(os.listdir(tmp_path / "run")) == ["adapters"]   # no checkpoint, no log: nothing ran
+
+
+def test_a_damaged_checkpoint_is_named_when_resuming(data, tmp_path, capsys):
+    (tmp_path / "checkpoint.pt").write_bytes(b"half a checkpoint")
+    code = run_main(["train", *data_flags(data), *TINY, "--steps", "1", "--output-dir", str(tmp_path)])
+    line = one_error_line(capsys, code)
+    assert "checkpoint.pt: not a readable checkpoint" in line and "--no-resume" in line
 
 
 # ----------------------------------------------- training that cannot go silently wrong: non-finite steps

@@ -137,6 +137,10 @@ class TrainConfig:
             raise ValueError(f"{config_key('model')}: {error}") from None
         _check_device(self.device)
         check_model_kwargs(self.model_kwargs, config_key("model_kwargs"))
+        if self.model_kwargs.get("img_size", self.input_size) != self.input_size:
+            raise ValueError(f"{config_key('model_kwargs')} img_size {self.model_kwargs['img_size']!r} differs from "
+                             f"{config_key('input_size')} {self.input_size}: the frames would not fit the model "
+                             "(set the size with --input-size alone)")
         if self.authors_checkpoint and self.pooling != AUTHORS_POOLING:
             raise ValueError(f"{config_key('authors_checkpoint')} needs pooling {AUTHORS_POOLING!r} (the authors' "
                              f"order), got {self.pooling!r}")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...files import check_writable_folder, write_files
+from ...files import check_regular_file, check_writable_folder, write_files
 from ...measure import compute_dtype_name, linear_compute_dtypes
 from ..data import SkipCounter, read_video_list
 from .checkpoints import CHECKPOINT_NAME, checkpoint_step, load_checkpoint, save_checkpoint
@@ -95,10 +95,14 @@ def _seed_everything(seed):
 
 
 def check_can_train(config):
-    """ValueError naming what a training run needs and `config` lacks (train_list, num_classes)."""
+    """ValueError naming what a training run needs and `config` lacks (train_list, num_classes), or a weights file
+    it names that is missing or not a regular file."""
     missing = [config_key(name) for name in ("train_list", "num_classes") if getattr(config, name) is None]
     if missing:
         raise ValueError(f"train needs {' and '.join(missing)}")
+    for name in ("backbone_checkpoint", "authors_checkpoint"):
+        if getattr(config, name):
+            check_regular_file(getattr(config, name), config_key(name))
 
 
 def train(config):
