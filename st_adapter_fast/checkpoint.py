@@ -15,12 +15,14 @@ import warnings
 import torch
 
 from .adapted import adapter_config
+from .files import check_regular_file, read_text, write_files
 from .reference import STAdapterReference
 
 WEIGHTS_NAME = "adapters.safetensors"
 CONFIG_NAME = "adapter_config.json"
 FORMAT_VERSION = 1
 CLASSIFIER_KEY = "video_classifier"
+CONFIG_KEYS = ("format_version", "st_adapter_config", "tensors", CLASSIFIER_KEY)   # what adapter_config.json may hold
 
 
 def checkpoint_parameters(model):
@@ -54,63 +56,106 @@ def save_adapters(model, path):
     """Write the adapters' and the head's tensors (every adapter's parameters and a VideoClassifier's
     head, whatever their requires_grad) to `path`/adapters.safetensors and the adapter configuration to
     `path`/adapter_config.json, with what `from_pretrained` needs to rebuild a classifier made by
-    `build_video_classifier`. Returns `path`."""
-    from safetensors.torch import save_file
-    os.makedirs(path, exist_ok=True)
-    tensors = {name: p.detach().cpu().contiguous() for name, p in checkpoint_parameters(model).items()}
-    save_file(tensors, os.path.join(path, WEIGHTS_NAME))
-    config = dict(format_version=FORMAT_VERSION, st_adapter_config=adapter_config(model),
+    `build_video_classifier`. Returns `path`.
+
+    Everything is checked first (the model has adapters, every tensor has values and is finite, the
+    configuration is JSON), then both files are written under temporary names in `path` and renamed into
+    place: a save that fails leaves a folder's earlier checkpoint as it was."""
+    from safetensors.torch import save as safetensors_bytes
+    folder = _folder_path(path, "save_adapters")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"save_adapters: {folder} exists and is not a folder")
+    settings = adapter_config(model)
+    params = checkpoint_parameters(model)
+    _check_values(params, "save_adapters: the model's", "nothing was saved")
+    tensors = {name: p.detach().cpu().contiguous() for name, p in params.items()}
+    config = dict(format_version=FORMAT_VERSION, st_adapter_config=settings,
                   tensors={name: dict(shape=list(t.shape), dtype=str(t.dtype)) for name, t in tensors.items()})
     record = _build_record(model)
     if record is not None:
         config[CLASSIFIER_KEY] = record
-    with open(os.path.join(path, CONFIG_NAME), "w") as f:
-        json.dump(config, f, indent=1)
+    try:
+        text = json.dumps(config, indent=1, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"save_adapters: the adapter configuration is not JSON ({error}); nothing was saved") from None
+    write_files({os.path.join(folder, WEIGHTS_NAME): safetensors_bytes(tensors),
+                 os.path.join(folder, CONFIG_NAME): text})
     return path
 
 
+def _folder_path(path, caller):
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{caller}: path must be a folder path (str or os.PathLike), got {type(path).__name__}")
+    return os.fspath(path)
+
+
+def _check_values(tensors, whose, consequence, finite=True):
+    """ValueError for the first tensor of {name: tensor} that has no values (meta) or (`finite`) a non-finite
+    value."""
+    for name, t in tensors.items():
+        if t.device.type == "meta":
+            raise ValueError(f"{whose} {name} is on the meta device and has no values (materialise the model, "
+                             f"e.g. model.to_empty(device=...), and initialise or load it first); {consequence}")
+        if finite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{whose} {name} has non-finite values (nan or inf: a diverged run?); {consequence}")
+
+
 def read_adapter_config(path):
-    """The JSON object of `path`/adapter_config.json; FileNotFoundError / ValueError naming the file."""
-    config_file = os.path.join(os.fspath(path), CONFIG_NAME)
-    if not os.path.isfile(config_file):
+    """The JSON object of `path`/adapter_config.json, its structure checked: FileNotFoundError / ValueError
+    naming the file (and the key) for a missing or non-regular file, invalid JSON, an unknown format version,
+    keys it does not know, or a malformed `st_adapter_config` or `tensors`."""
+    folder = _folder_path(path, "adapter checkpoint")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"{folder} is not a folder: expected a folder written by save_adapters or a train run's "
+                         "output_dir/adapters")
+    config_file = os.path.join(folder, CONFIG_NAME)
+    if not os.path.lexists(config_file):
         raise FileNotFoundError(f"{config_file} not found: expected a folder written by save_adapters or a train "
                                 "run's output_dir/adapters")
-    with open(config_file) as f:
-        try:
-            config = json.load(f)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{config_file}: not valid JSON ({error})") from None
+    try:
+        config = json.loads(read_text(config_file, "adapter config"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config_file}: not valid JSON ({error})") from None
     if not isinstance(config, dict):
         raise ValueError(f"{config_file}: expected a JSON object (as save_adapters writes), got a JSON "
                          f"{type(config).__name__}")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{config_file}: unknown adapter checkpoint format {config.get('format_version')!r}")
+    unknown = sorted(set(config) - set(CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"{config_file}: unknown keys {unknown}; an adapter checkpoint has {list(CONFIG_KEYS)}")
+    if not isinstance(config.get("st_adapter_config"), dict):
+        raise ValueError(f"{config_file}: 'st_adapter_config' must be a JSON object with the adapter "
+                         f"configuration, got {config.get('st_adapter_config')!r}")
+    table = config.get("tensors", {})
+    if not isinstance(table, dict) or not all(
+            isinstance(entry, dict) and set(entry) == {"shape", "dtype"} and isinstance(entry["dtype"], str)
+            and isinstance(entry["shape"], list) and all(type(n) is int for n in entry["shape"])
+            for entry in table.values()):
+        raise ValueError(f"{config_file}: 'tensors' must map each tensor name to {{\"shape\": [ints], \"dtype\": "
+                         f"str}}, as save_adapters writes")
+    if config.get(CLASSIFIER_KEY) is not None and not isinstance(config[CLASSIFIER_KEY], dict):
+        raise ValueError(f"{config_file}: {CLASSIFIER_KEY!r} must be a JSON object of build_video_classifier "
+                         f"arguments, got a JSON {type(config[CLASSIFIER_KEY]).__name__}")
     return config
 
 
 def load_adapters(model, path):
     """Load what `save_adapters` wrote into `model`, strictly: the adapter configuration must equal the
-    model's, and the saved tensors must be exactly the model's trainable parameters, with their shapes and a
-    floating-point dtype (cast to the parameter's on copy). Everything is checked before anything is
-    copied: on an error the model is untouched. Raises ValueError / TypeError naming the file and, for a
-    tensor, its name."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-    config_file, weights_file = os.path.join(path, CONFIG_NAME), os.path.join(path, WEIGHTS_NAME)
+    model's, and the saved tensors must be exactly the model's checkpoint parameters, with the names, shapes
+    and dtypes that adapter_config.json lists, a floating-point dtype (cast to the parameter's on copy) and
+    finite values. Everything is checked before anything is copied: on an error the model is untouched.
+    Raises ValueError / TypeError naming the file and, for a tensor, its name; only regular files are read."""
     config = read_adapter_config(path)
-    if config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{config_file}: unknown adapter checkpoint format {config.get('format_version')!r}")
-    saved = config.get("st_adapter_config")
-    if not isinstance(saved, dict):
-        raise ValueError(f"{config_file}: 'st_adapter_config' must be a JSON object with the adapter "
-                         f"configuration, got {saved!r}")
-    ours = json.loads(json.dumps(adapter_config(model)))   # as it would read back from JSON
+    path = os.fspath(path)
+    config_file, weights_file = os.path.join(path, CONFIG_NAME), os.path.join(path, WEIGHTS_NAME)
+    saved, ours = config["st_adapter_config"], json.loads(json.dumps(adapter_config(model)))   # as read from JSON
     if saved != ours:
         diff = {k: (saved.get(k), ours.get(k)) for k in sorted(set(saved) | set(ours)) if saved.get(k) != ours.get(k)}
         raise ValueError(f"{config_file}: adapter configuration differs from the model's (saved, model): {diff}")
-    try:
-        tensors = load_file(weights_file)
-    except SafetensorError as error:
-        raise ValueError(f"{weights_file}: not a readable safetensors file ({error})") from None
+    tensors = _read_weights(weights_file)
     params = checkpoint_parameters(model)
+    _check_values(params, "load_adapters: the model's", "nothing was loaded", finite=False)
     missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
     if missing or unexpected:
         raise ValueError(f"{weights_file}: tensors do not match the model's trainable parameters; "
@@ -123,7 +168,33 @@ def load_adapters(model, path):
         if not t.is_floating_point():
             raise TypeError(f"{weights_file}: {name} has dtype {t.dtype}; adapter checkpoint tensors must be "
                             f"floating point (the model's is {params[name].dtype})")
+    _check_listed(tensors, config.get("tensors"), weights_file, config_file)
+    converted = {name: t.to(params[name].dtype) for name, t in tensors.items()}
+    _check_values(converted, f"{weights_file}:", "nothing was loaded (values in the model's dtypes)")
     with torch.no_grad():
-        for name, t in tensors.items():
+        for name, t in converted.items():
             params[name].copy_(t)
     return model
+
+
+def _read_weights(weights_file):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    check_regular_file(weights_file, "adapter weights file")
+    try:
+        return load_file(weights_file)
+    except SafetensorError as error:
+        raise ValueError(f"{weights_file}: not a readable safetensors file ({error})") from None
+
+
+def _check_listed(tensors, table, weights_file, config_file):
+    """ValueError unless the tensors of adapters.safetensors are those that adapter_config.json lists (`table`,
+    absent in no folder save_adapters wrote)."""
+    if table is not None:
+        found = {name: dict(shape=list(t.shape), dtype=str(t.dtype)) for name, t in tensors.items()}
+        differ = sorted(name for name in set(found) | set(table) if found.get(name) != table.get(name))
+        if differ:
+            name = differ[0]
+            raise ValueError(f"{weights_file} does not hold the tensors that {config_file} lists (a folder with "
+                             f"files of two saves?): {len(differ)} differ, e.g. {name}: listed {table.get(name)}, "
+                             f"in the file {found.get(name)}")

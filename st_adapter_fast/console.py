@@ -25,6 +25,22 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"st-adapter-fast: error: {message} (see {self.prog} --help)\n")
 
 
+def _int_at_least(minimum):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+# Argument types of integer options: argparse names the flag in their errors ("argument --size: must be >= 1").
+positive_int, nonnegative_int = _int_at_least(1), _int_at_least(0)
+
+
 def print_error(message):
     print(f"st-adapter-fast: error: {message}", file=sys.stderr)
 

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 
 from ..activations import apply_activation
 from ..backends import available_on
+from ..console import positive_int
+from ..files import check_writable_folder
 from ..measure import saved_activation_bytes
 from ..ops import st_adapter
 from ..reference import st_adapter_reference
@@ -223,15 +225,15 @@ def add_arguments(parser):
     parser.add_argument("--e2e", action="store_true",
                         help="also time one training step of the authors' model (see st_adapter_fast/bench/e2e.py)")
     parser.add_argument("--e2e-only", action="store_true", help="the training step only, no microbenchmarks")
-    parser.add_argument("--e2e-clips", type=int, nargs="+", help="clips per step, one run per number; default on a "
+    parser.add_argument("--e2e-clips", type=positive_int, nargs="+", help="clips per step, one run per number; default on a "
                         "GPU: 8, 32 and 64 if it fits, each with the variants its goals need (the largest batch: all); "
                         "on the CPU: 2")
     parser.add_argument("--e2e-variants", nargs="*", help="subset of the e2e variants (default: all)")
-    parser.add_argument("--e2e-steps", type=int, help="timed steps per variant (default: 10 on a GPU, 5 on the CPU)")
+    parser.add_argument("--e2e-steps", type=positive_int, help="timed steps per variant (default: 10 on a GPU, 5 on the CPU)")
     parser.add_argument("--e2e-compile-backend", default="inductor", help="torch.compile backend of the compiled "
                         "variants (aot_eager_decomp_partition: AOTAutograd's graphs as inductor partitions them, run op "
                         "by op, so that live tensors can be counted; no speed)")
-    parser.add_argument("--rounds", type=int, help=f"CPU: alternating timing rounds per case (default: "
+    parser.add_argument("--rounds", type=positive_int, help=f"CPU: alternating timing rounds per case (default: "
                         f"{CPU_ROUNDS['full']}, {CPU_ROUNDS['quick']} with --quick)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="a progress bar")
 
@@ -410,6 +412,7 @@ def _run(args):
         [torch.bfloat16, torch.float16] if device == "cuda" else [torch.float32])
     device_name = torch.cuda.get_device_name() if device == "cuda" else cpu_name()
     out = args.out or (os.path.join("benchmarks", "results", device_slug(device_name) + ".json") if args.save else None)
+    _check_output_options(args, out)
     result = dict(device=device_name, torch=torch.__version__, cuda=torch.version.cuda,
                   triton=_triton_version(), python=platform.python_version(), command=" ".join(sys.argv),
                   date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), rows=[])
@@ -457,6 +460,19 @@ def _run(args):
     if out:
         write_results(out, result)
     return result
+
+
+def _check_output_options(args, out):
+    """Before any timing: the e2e variants asked for exist, and the results file can be written."""
+    if getattr(args, "e2e_variants", None):
+        from .e2e import VARIANTS
+        unknown = sorted(set(args.e2e_variants) - set(VARIANTS))
+        if unknown:
+            raise ValueError(f"--e2e-variants: unknown {unknown}; known: {list(VARIANTS)}")
+    if out:
+        if os.path.isdir(out):
+            raise ValueError(f"--out {out} is a folder; name the JSON file to write")
+        check_writable_folder(os.path.dirname(os.path.abspath(out)), "--out's folder")
 
 
 def e2e_goals_text(e2e):

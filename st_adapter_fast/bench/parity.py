@@ -103,6 +103,8 @@ def check(args):
     if args.interpret:
         os.environ["TRITON_INTERPRET"] = "1"
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here (use --device cpu)")
     config = args.config or ("vit-b" if device == "cuda" else "small")
     batch, frames, grid, channels, adapter_channels = CHECK_CONFIGS[config]
     cases = [(backend, dtype, activation) for backend, dtypes in check_cases(device) for dtype in dtypes

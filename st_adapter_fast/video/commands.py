@@ -3,7 +3,7 @@
 import argparse
 import os
 
-from ..console import HelpFormatter, print_error, print_warning
+from ..console import HelpFormatter, nonnegative_int, positive_int, print_error, print_warning
 
 # What the commands import beyond the kernel library (the [video] extra installs them; numpy is a core dependency).
 TRAIN_MODULES = ("av", "yaml", "tqdm", "timm")   # train and eval (yaml: config files and train_config.json)
@@ -15,7 +15,8 @@ PREPARE_MODULES = ("av", "tqdm", "torchvision")   # torchvision: the JPEG encode
 def train_command(args):
     """Train from flags / a config file; prints the final metrics and where the files are. Run under
     torchrun for DDP."""
-    from .train import TrainConfig, check_can_train, config_values_from_args, config_warnings, format_metrics, train
+    from .train import (NonFiniteLossError, TrainConfig, check_can_train, config_values_from_args, config_warnings,
+                        format_metrics, train)
     config = TrainConfig.from_dict(config_values_from_args(args), source=args.config or "flags")
     check_can_train(config)
     rank0 = int(os.environ.get("RANK", 0)) == 0
@@ -28,6 +29,10 @@ def train_command(args):
         if rank0:
             _print_interrupted(config, args.argv)
         return 130
+    except NonFiniteLossError as error:   # the run's own outcome, not a bug: one line, no traceback
+        if rank0:
+            print_error(str(error))
+        return 1
     if rank0:
         print(result["parameters"])
         print(f"backbone computed in {result['backbone_compute_dtype']} (the dtype its Linear layers' outputs "
@@ -132,12 +137,13 @@ def add_video_commands(sub, common):
     m = sub.add_parser("make-synthetic", parents=[common], formatter_class=HelpFormatter,
                        help="write the synthetic temporal-order task (mp4s + list files)")
     m.add_argument("out", help="output directory")
-    m.add_argument("--num-train", type=int, default=400, help="training videos (pairs: even)")
-    m.add_argument("--num-val", type=int, default=200, help="validation videos (pairs: even)")
-    m.add_argument("--num-frames", type=int, default=16, help="frames per video")
-    m.add_argument("--frames", dest="num_frames", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    m.add_argument("--size", type=int, default=32, help="side of the square frames")
-    m.add_argument("--seed", type=int, default=0, help="seed of the videos' randomness")
+    m.add_argument("--num-train", type=positive_int, default=400, help="training videos (pairs: even)")
+    m.add_argument("--num-val", type=positive_int, default=200, help="validation videos (pairs: even)")
+    m.add_argument("--num-frames", type=positive_int, default=16, help="frames per video")
+    m.add_argument("--frames", dest="num_frames", type=positive_int, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)
+    m.add_argument("--size", type=positive_int, default=32, help="side of the square frames (even)")
+    m.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the videos' randomness")
     m.set_defaults(func=make_synthetic_command, needs=lambda args: ("video", SYNTHETIC_MODULES))
     d = sub.add_parser("demo", parents=[common], formatter_class=HelpFormatter,
                        help="linear probe vs ST-Adapters on the synthetic task (see st_adapter_fast/video/demo.py)")

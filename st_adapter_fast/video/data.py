@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..files import read_text
 from .decode import decode_video
 from .store import is_store, open_store
 from .transforms import CLIP_MEAN, CLIP_STD, Augmentation, augment_clip, eval_clip, frames_tensor, normalize_clip
@@ -45,19 +46,18 @@ class VideoRecord:
 def read_video_list(list_path, root, num_classes=None):
     """Parse a list file of `<relative/path> <int label>` lines (blank lines ignored) into VideoRecords.
 
+    The list is UTF-8 text, or UTF-16 / UTF-32 / UTF-8 with a byte-order mark (as Windows editors save it).
     Raises FileNotFoundError if the list file or a listed video does not exist (under `root`, or in the
-    frame store `root`), and ValueError naming the file and line for a malformed line or a label outside
-    [0, num_classes).
+    frame store `root`), and ValueError naming the file and line for a list in another encoding or that is
+    not a regular file, a malformed line, a label outside [0, num_classes), or a listed video that is not a
+    regular file (a FIFO would block the decoder).
     """
-    if not os.path.isfile(list_path):
-        raise FileNotFoundError(f"video list file not found: {list_path}")
     records = []
-    with open(list_path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{list_path}:{number}"
-            records.append(_parse_line(line, root, where, num_classes))
+    for number, line in enumerate(read_text(list_path, "video list file").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{list_path}:{number}"
+        records.append(_parse_line(line, root, where, num_classes))
     if not records:
         raise ValueError(f"{list_path}: the list has no videos")
     if is_store(root):
@@ -70,6 +70,10 @@ def read_video_list(list_path, root, num_classes=None):
     if missing:
         raise FileNotFoundError(f"{len(missing)} listed video(s) not found {where}, first: "
                                 + "; ".join(f"{r.source}: {r.path}" for r in missing[:3]))
+    irregular = [] if is_store(root) else [r for r in records if not os.path.isfile(r.path)]
+    if irregular:
+        raise ValueError(f"{len(irregular)} listed video(s) are not regular files (a folder, a FIFO...), first: "
+                         + "; ".join(f"{r.source}: {r.path}" for r in irregular[:3]))
     return records
 
 

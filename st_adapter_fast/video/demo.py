@@ -17,6 +17,8 @@ import json
 import os
 import time
 
+from ..console import nonnegative_int, positive_int
+from ..files import check_writable_folder
 from .train import default_num_workers
 
 MODEL = dict(model="vit_tiny_patch16_224", model_kwargs=dict(patch_size=8, depth=4), input_size=32)
@@ -24,15 +26,16 @@ MODEL = dict(model="vit_tiny_patch16_224", model_kwargs=dict(patch_size=8, depth
 
 def add_arguments(parser):
     parser.add_argument("--out", default="runs/demo", help="output directory")
-    parser.add_argument("--num-train", type=int, default=400, help="training videos (pairs: even)")
-    parser.add_argument("--num-val", type=int, default=200, help="validation videos (pairs: even)")
-    parser.add_argument("--steps", type=int, default=300, help="optimizer steps of each model")
-    parser.add_argument("--batch-size", type=int, default=16, help="clips per step")
+    parser.add_argument("--num-train", type=positive_int, default=400, help="training videos (pairs: even)")
+    parser.add_argument("--num-val", type=positive_int, default=200, help="validation videos (pairs: even)")
+    parser.add_argument("--steps", type=positive_int, default=300, help="optimizer steps of each model")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="clips per step")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-    parser.add_argument("--num-workers", type=int, default=default_num_workers(), help="DataLoader workers per run")
-    parser.add_argument("--workers", dest="num_workers", type=int, default=argparse.SUPPRESS,
+    parser.add_argument("--num-workers", type=nonnegative_int, default=default_num_workers(),
+                        help="DataLoader workers per run")
+    parser.add_argument("--workers", dest="num_workers", type=nonnegative_int, default=argparse.SUPPRESS,
                         help=argparse.SUPPRESS)   # the old name
-    parser.add_argument("--depth", type=int, default=4, help="ViT blocks")
+    parser.add_argument("--depth", type=positive_int, default=4, help="ViT blocks")
     parser.add_argument("--results", help="also copy demo.json and curves.png to this file stem")
 
 
@@ -68,6 +71,9 @@ def run(args):
     from .train import train
     started = time.perf_counter()
     data_dir = os.path.join(args.out, "data")
+    for linear_probe in (True, False):   # every value checked (TrainConfig's checks) before any work
+        demo_config(args, data_dir, "check", linear_probe)
+    check_writable_folder(args.out, "--out")
     make_synthetic(data_dir, args.num_train, args.num_val, num_frames=16, size=32, seed=0, progress=True)
     generated = time.perf_counter()
     results = dict(task="synthetic clip vs time reversal (disk moving down / up), 32x32, 16 frames, "

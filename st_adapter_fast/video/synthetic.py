@@ -11,6 +11,9 @@ import os
 
 import numpy as np
 
+from ..files import write_files
+from ..validation import as_int
+
 CLASS_NAMES = ("down", "up")
 
 
@@ -68,8 +71,11 @@ def write_video(path, frames, fps, codec, options=None):
 
 def make_synthetic(out_dir, num_train=200, num_val=100, *, num_frames=16, size=32, seed=0, progress=False):
     """Write `num_train` + `num_val` videos (even counts: pairs of a clip and its reversal) under
-    `out_dir`/videos and the list files `out_dir`/train.txt and val.txt. Returns the two list paths."""
-    if num_train % 2 or num_val % 2 or num_train < 2 or num_val < 2:
+    `out_dir`/videos and the list files `out_dir`/train.txt and val.txt. Returns the two list paths.
+    Every argument is checked before anything is written (ValueError / TypeError naming it)."""
+    num_train, num_val = as_int("num_train", num_train, 2), as_int("num_val", num_val, 2)
+    num_frames, size, seed = as_int("num_frames", num_frames, 1), as_int("size", size, 2), as_int("seed", seed, 0)
+    if num_train % 2 or num_val % 2:
         raise ValueError(f"num_train and num_val must be even and >= 2 (pairs), got {num_train}, {num_val}")
     if size % 2:
         raise ValueError(f"size must be even (yuv420p), got {size}")
@@ -86,6 +92,5 @@ def make_synthetic(out_dir, num_train=200, num_val=100, *, num_frames=16, size=3
                 write_mp4(os.path.join(out_dir, name), clip)
                 lines.append(f"{name} {label}\n")
         lists[split] = os.path.join(out_dir, f"{split}.txt")
-        with open(lists[split], "w") as f:
-            f.writelines(lines)
+        write_files({lists[split]: "".join(lines)})
     return lists["train"], lists["val"]

@@ -14,7 +14,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "st_adapter_fast"
 LAYERS = (
     ("the op and its kernels", ("_C", "activations", "validation", "backends", "fused", "reference", "ops",
                                 "kernels")),
-    ("the adapter API", ("adapted", "module", "checkpoint", "convert", "report", "measure", "compiling")),
+    ("the adapter API", ("adapted", "files", "module", "checkpoint", "convert", "report", "measure", "compiling")),
     ("the integrations", ("integrations",)),
     ("the application and tools", ("video", "bench", "console", "cli")),
 )

@@ -27,10 +27,11 @@ from .distributed import all_reduce_sum, setup_distributed
 from .evaluation import evaluate, evaluate_adapters, format_metrics
 from .loader import iterate_batches, make_train_loader
 from .loop import ADAPTERS_NAME, LOG_NAME, METRICS_NAME, RUN_FILES, check_can_train, forward_backward, train, train_step
+from .loop import NonFiniteLossError
 from .model import AMP_DTYPES, autocast, build_model, build_optimizer, classifier_arguments
 
 __all__ = ["ADAPTERS_NAME", "AMP_DTYPES", "BOOKKEEPING_FIELDS", "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "EVAL_FIELDS",
-           "LOG_NAME", "METRICS_NAME", "RUN_FILES", "TrainConfig", "absolute_paths", "add_config_arguments",
+           "LOG_NAME", "METRICS_NAME", "NonFiniteLossError", "RUN_FILES", "TrainConfig", "absolute_paths", "add_config_arguments",
            "all_reduce_sum", "autocast", "build_model", "build_optimizer", "check_can_train", "checkpoint_step",
            "classifier_arguments", "coerce_config_values", "config_key", "config_values_from_args", "config_warnings",
            "default_num_workers", "evaluate", "evaluate_adapters", "format_metrics", "forward_backward",

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from ...checkpoint import checkpoint_parameters
+from ...files import check_regular_file
 from .config import BOOKKEEPING_FIELDS
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -55,9 +56,7 @@ def save_checkpoint(path, model, optimizer, scheduler, scaler, position, config,
 def load_checkpoint(path, model, optimizer, scheduler, scaler, config, rank, world_size):
     """Restore what save_checkpoint wrote; returns the data position. Raises ValueError if the
     checkpoint was made by a run that computes something else (other config or world size)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: unknown checkpoint format {state.get('format')!r}")
+    state = _read_checkpoint(path)
     ours = json.loads(json.dumps(dataclasses.asdict(config)))
     # a field added since the checkpoint was written had its default then
     saved = dict(json.loads(json.dumps(dataclasses.asdict(type(config)()))), **state["config"])
@@ -83,4 +82,19 @@ def checkpoint_step(output_dir):
     path = os.path.join(output_dir, CHECKPOINT_NAME)
     if not os.path.exists(path):
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)["position"]["step"]
+    return _read_checkpoint(path)["position"]["step"]
+
+
+def _read_checkpoint(path):
+    """What save_checkpoint wrote to `path`; ValueError naming the file if it is not that."""
+    check_regular_file(path, "checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:   # noqa: BLE001 -- zip / unpickling errors of a damaged or foreign file
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(f"{path}: not a readable checkpoint ({type(error).__name__}: {first_line}); use --no-resume "
+                         "or another output_dir") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: unknown checkpoint format "
+                         f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r}")
+    return state

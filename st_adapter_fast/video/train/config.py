@@ -8,11 +8,13 @@ import os
 import typing
 from dataclasses import dataclass, field
 
-from ...integrations.checkpointing import CHECKPOINTING
 from ...compiling import COMPILE_MODES
+from ...files import read_text
 from ...integrations.adapters import PLACEMENTS
 from ...integrations.backbones import check_model_name
+from ...integrations.checkpointing import CHECKPOINTING
 from ...integrations.classifier import AUTHORS_POOLING, POOLINGS
+from ...integrations.pretrained import check_model_kwargs
 from ...ops import BACKENDS
 from ...validation import check_kernel_size
 from ..recipes import RECIPES, with_recipe
@@ -28,9 +30,13 @@ def default_num_workers():
     return min(4, cores)
 
 
+MAX_SEED = 2 ** 31 - 1   # numpy's global seed (seed + rank) must stay below 2 ** 32
+
+
 def _option(help, default_text=None, **checks):
     """Field metadata: its help, how --help shows its default (when not the value itself) and the checks
-    that TrainConfig applies to it wherever it came from (choices, minimum, maximum)."""
+    that TrainConfig applies to it wherever it came from (choices, minimum, maximum, below). A float must
+    also be finite."""
     return dict(help=help, default_text=default_text, **checks)
 
 
@@ -106,7 +112,7 @@ class TrainConfig:
         "reference (the authors' PyTorch computation)", choices=BACKENDS))
     linear_probe: bool = field(default=False, metadata=_option(
         "train the head only: adapters stay at their identity init (a plain frozen image model)"))
-    dropout: float = field(default=0.5, metadata=_option("dropout before the head", minimum=0.0, maximum=1.0))
+    dropout: float = field(default=0.5, metadata=_option("dropout before the head", minimum=0.0, below=1.0))
     # optimisation
     batch_size: int = field(default=8, metadata=_option("clips per process and micro-step", minimum=1))
     accum_steps: int = field(default=1, metadata=_option("micro-steps per optimizer step", minimum=1))
@@ -138,8 +144,12 @@ class TrainConfig:
     compile_mode: str = field(default="default", metadata=_option(
         "with --compile: default, reduce-overhead (CUDA graphs of the step: no host time, for fixed shapes on a "
         "GPU) or max-autotune (longer compilation, autotuned kernels)", choices=COMPILE_MODES))
-    seed: int = field(default=0, metadata=_option("seed of init, data order and augmentation"))
+    seed: int = field(default=0, metadata=_option("seed of init, data order and augmentation", minimum=0,
+                                                  maximum=MAX_SEED))
     device: str = field(default=None, metadata=_option("cpu, cuda or cuda:N", "cuda if available"))
+    skip_nonfinite_steps: bool = field(default=False, metadata=_option(
+        "skip an optimizer step whose loss or gradients are not finite (nan / inf), as GradScaler does for fp16, "
+        "instead of stopping the run"))
     # bookkeeping
     output_dir: str = field(default="runs/st-adapter", metadata=_option("where checkpoints and results go"))
     save_every: int = field(default=0, metadata=_option(
@@ -172,6 +182,12 @@ class TrainConfig:
         except ValueError as error:
             raise ValueError(f"{config_key('model')}: {error}") from None
         self._check_augmentation()
+        _check_device(self.device)
+        check_model_kwargs(self.model_kwargs, config_key("model_kwargs"))
+        if self.model_kwargs.get("img_size", self.input_size) != self.input_size:
+            raise ValueError(f"{config_key('model_kwargs')} img_size {self.model_kwargs['img_size']!r} differs from "
+                             f"{config_key('input_size')} {self.input_size}: the frames would not fit the model "
+                             "(set the size with --input-size alone)")
         if self.authors_checkpoint and self.pooling != AUTHORS_POOLING:
             raise ValueError(f"{config_key('authors_checkpoint')} needs pooling {AUTHORS_POOLING!r} (the authors' "
                              f"order), got {self.pooling!r}")
@@ -227,12 +243,34 @@ def config_key(name):
 
 def _check_value(f, value):
     checks = f.metadata
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{config_key(f.name)} must be a finite number, got {value!r}")
     if checks.get("choices") is not None and value not in checks["choices"]:
         raise ValueError(f"{config_key(f.name)} must be one of {', '.join(map(str, checks['choices']))}, got {value!r}")
     if checks.get("minimum") is not None and value < checks["minimum"]:
         raise ValueError(f"{config_key(f.name)} must be >= {checks['minimum']}, got {value!r}")
     if checks.get("maximum") is not None and value > checks["maximum"]:
         raise ValueError(f"{config_key(f.name)} must be <= {checks['maximum']}, got {value!r}")
+    if checks.get("below") is not None and value >= checks["below"]:
+        raise ValueError(f"{config_key(f.name)} must be < {checks['below']}, got {value!r}")
+
+
+def _check_device(device):
+    """ValueError naming --device unless `device` is None, cpu, cuda or cuda:N with N a device of this machine
+    (whether CUDA is there at all is checked when the run starts: a config may be read where it is not)."""
+    import torch
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"{config_key('device')} must be cpu, cuda or cuda:N, got {device!r}")
+    if parsed.type == "cuda" and parsed.index is not None and torch.cuda.is_available() \
+            and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"{config_key('device')} {device!r}: this machine has {torch.cuda.device_count()} CUDA "
+                         "device(s)")
 
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
@@ -318,7 +356,7 @@ def config_warnings(config):
 
 # Fields that do not change what a run computes: they may differ when resuming.
 BOOKKEEPING_FIELDS = {"num_workers", "output_dir", "save_every", "eval_every", "log_every", "resume", "stop_at",
-                "progress", "val_list", "eval_views", "eval_crops", "recipe",
+                "progress", "val_list", "eval_views", "eval_crops", "recipe", "skip_nonfinite_steps",
                 "grad_checkpointing", "compile", "compile_mode"}   # how a step runs, not what it computes
 # What `eval` uses of a config besides the run's own (its flags).
 EVAL_FIELDS = ("val_list", "data_root", "eval_views", "eval_crops", "batch_size", "num_workers", "amp", "backend",
@@ -329,21 +367,20 @@ _PATH_FIELDS = ("train_list", "val_list", "data_root", "backbone_checkpoint", "a
 
 
 def load_config_file(path):
-    """The values of a YAML (.yaml/.yml) or JSON config file, each converted to its field's type (see
-    TrainConfig.from_dict); errors name the file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file not found: {path}")
+    """The values of a YAML (.yaml/.yml) or JSON config file (a regular file: not a FIFO; UTF-8, or another
+    Unicode encoding with a byte-order mark), each converted to its field's type (see TrainConfig.from_dict);
+    errors name the file."""
+    text = read_text(path, "config file")
     if path.endswith((".yaml", ".yml")):
         import yaml
-        load, errors = (lambda f: yaml.safe_load(f) or {}), (ValueError, yaml.YAMLError)
+        load, errors = (lambda text: yaml.safe_load(text) or {}), (ValueError, yaml.YAMLError)
     else:   # JSON (train_config.json too: from_pretrained reads it without the [video] extra's PyYAML)
-        load, errors = json.load, ValueError
-    with open(path) as f:
-        try:
-            values = load(f)
-        except errors as error:
-            raise ValueError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} "
-                             f"({' '.join(str(error).split())})") from None
+        load, errors = json.loads, ValueError
+    try:
+        values = load(text)
+    except errors as error:
+        raise ValueError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} "
+                         f"({' '.join(str(error).split())})") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
     return coerce_config_values(values, path)

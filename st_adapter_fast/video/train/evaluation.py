@@ -8,13 +8,14 @@ from ..transforms import normalize_clip
 from .config import TRAIN_CONFIG_NAME, TrainConfig, config_key, load_config_file
 from .distributed import all_reduce_sum, setup_distributed
 from .loader import make_dataset
-from .model import autocast, build_model
+from .model import autocast, classifier_arguments, run_model_record
 
 
 @torch.no_grad()
 def evaluate(model, config, device, rank=0, world_size=1):
     """Top-1/top-5 (%) on `config.val_list`, scores averaged over the views and crops of each video;
-    each rank scores a disjoint share. Unreadable videos are counted in `skipped`, not in `videos`."""
+    each rank scores a disjoint share. Unreadable videos are counted in `skipped`, not in `videos`; if no
+    video at all can be read, ValueError (a score of nothing would read as 0%)."""
     dataset = make_dataset(config, train=False)
     share = torch.utils.data.Subset(dataset, range(rank, len(dataset), world_size))
     loader = torch.utils.data.DataLoader(share, batch_size=config.batch_size, collate_fn=collate_clips,
@@ -37,6 +38,10 @@ def evaluate(model, config, device, rank=0, world_size=1):
         videos += len(labels)
     model.train(was_training)
     top1, top5, videos, skipped = all_reduce_sum([top1, top5, videos, len(skips)], device, world_size)
+    if not videos:
+        first = next(iter(skips.paths.items()), ("?", "?"))
+        raise ValueError(f"no video of {config.val_list} could be read ({len(dataset)} listed; first unreadable: "
+                         f"{first[0]}: {first[1]}): nothing to evaluate")
     return dict(top1=100.0 * top1 / max(videos, 1), top5=100.0 * top5 / max(videos, 1), videos=int(videos),
                 skipped=int(skipped), listed=len(dataset))
 
@@ -48,16 +53,21 @@ def format_metrics(metrics):
 
 
 def evaluate_adapters(adapters_dir, overrides=None):
-    """Build the model that `adapters_dir` (a run's adapters/ folder with train_config.json) was trained
-    as, load its adapters and head, and evaluate on `overrides["val_list"]` or the run's val_list."""
-    from ...checkpoint import load_adapters
+    """Evaluate the model of `adapters_dir` (a run's adapters/ folder) on `overrides["val_list"]` or the run's
+    val_list. The model is the one adapter_config.json records, built and loaded as `from_pretrained` does
+    (with the backbone weights the run started from); the data and eval settings are train_config.json's, with
+    `overrides` (eval's flags) on top. train_config.json must agree with the record on the model."""
+    from ...integrations.pretrained import from_pretrained
     config_path = os.path.join(adapters_dir, TRAIN_CONFIG_NAME)
-    if not os.path.exists(config_path):
+    if not os.path.lexists(config_path):
         raise FileNotFoundError(f"{config_path} not found: expected the adapters/ folder of a train run")
-    values = dict(load_config_file(config_path), **(overrides or {}))
-    config = TrainConfig.from_dict(values, source=config_path)
+    values = load_config_file(config_path)
+    record = run_model_record(adapters_dir, TrainConfig.from_dict(values, source=config_path))
+    config = TrainConfig.from_dict(dict(values, **(overrides or {})), source=config_path)
     if not config.val_list:
         raise ValueError(f"eval needs {config_key('val_list')}: the run had none")
     rank, world_size, device = setup_distributed(config.device)
-    model = load_adapters(build_model(config), adapters_dir).to(device)
-    return evaluate(model, config, device, rank, world_size)
+    model = from_pretrained(adapters_dir, checkpoint_path=record.get("checkpoint_path"),
+                            authors_checkpoint=record.get("authors_checkpoint"), backend=config.backend,
+                            backbone_dtype=classifier_arguments(config)["backbone_dtype"])
+    return evaluate(model.to(device), config, device, rank, world_size)

@@ -3,6 +3,7 @@ adapter-only result and final eval), one optimizer step (`train_step`) and one m
 the files a run writes to output_dir, and where its time goes (`DataWait`: waiting for data against the steps)."""
 import contextlib
 import json
+import math
 import os
 import random
 import time
@@ -13,13 +14,14 @@ import torch
 import torch.nn.functional as F
 
 from ...compiling import compile_model
+from ...files import check_regular_file, check_writable_folder, write_files
 from ...measure import compute_dtype_name, linear_compute_dtypes
 from ..data import SkipCounter, read_video_list
 from ..store import is_store
 from ..transforms import normalize_clip
-from .checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .checkpoints import CHECKPOINT_NAME, checkpoint_step, load_checkpoint, save_checkpoint
 from .config import TRAIN_CONFIG_NAME, absolute_paths, config_key, resolve_schedule
-from .distributed import setup_distributed
+from .distributed import all_reduce_sum, setup_distributed
 from .evaluation import evaluate, format_metrics
 from .loader import iterate_batches, make_train_loader
 from .model import autocast, build_model, build_optimizer
@@ -52,7 +54,9 @@ def forward_backward(model, batch, config, scaler, device, loss_scale):
 
 def train_step(model, batches, optimizer, scheduler, scaler, config, device, skips):
     """One optimizer step over `accum_steps` micro-batches; gradients are all-reduced on the last only.
-    Returns (mean loss, correct, clips)."""
+    Returns (mean loss, correct, clips). A step whose loss (on any rank) or, without fp16's GradScaler, whose
+    gradients are not finite is not applied (as GradScaler skips one with inf gradients): its loss is
+    returned as nan, and the schedule still advances."""
     optimizer.zero_grad(set_to_none=True)
     losses, correct, clips = [], 0, 0
     for micro in range(config.accum_steps):
@@ -64,10 +68,31 @@ def train_step(model, batches, optimizer, scheduler, scaler, config, device, ski
             loss, c, n = forward_backward(model, batch, config, scaler, device, 1.0 / config.accum_steps)
         losses.append(loss)
         correct, clips = correct + c, clips + n
-    scaler.step(optimizer)
-    scaler.update()
+    if _finite_step(losses, model, scaler, device):
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.zero_grad(set_to_none=True)
+        losses = [math.nan]
     scheduler.step()
     return sum(losses) / len(losses), correct, clips
+
+
+def _finite_step(losses, model, scaler, device):
+    """Whether every rank's losses and (unless the GradScaler checks them) gradients are finite."""
+    import torch.distributed as dist
+    finite = all(math.isfinite(loss) for loss in losses) and (
+        scaler.is_enabled() or _all_finite(p.grad for p in model.parameters() if p.grad is not None))
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return finite
+    return all_reduce_sum([0.0 if finite else 1.0], device, dist.get_world_size())[0] == 0
+
+
+def _all_finite(tensors):
+    """Whether every element of every tensor is finite: one pass over each (min and max propagate a nan and
+    show an inf; isfinite().all() writes a whole bool tensor first, 7x slower on the CPU), one synchronisation."""
+    extremes = [value.float() for t in tensors if t.numel() for value in torch.aminmax(t.detach())]
+    return not extremes or bool(torch.stack(extremes).isfinite().all())
 
 
 def _seed_everything(seed):
@@ -77,10 +102,14 @@ def _seed_everything(seed):
 
 
 def check_can_train(config):
-    """ValueError naming what a training run needs and `config` lacks (train_list, num_classes)."""
+    """ValueError naming what a training run needs and `config` lacks (train_list, num_classes), or a weights file
+    it names that is missing or not a regular file."""
     missing = [config_key(name) for name in ("train_list", "num_classes") if getattr(config, name) is None]
     if missing:
         raise ValueError(f"train needs {' and '.join(missing)}")
+    for name in ("backbone_checkpoint", "authors_checkpoint"):
+        if getattr(config, name):
+            check_regular_file(getattr(config, name), config_key(name))
 
 
 def train(config):
@@ -96,6 +125,7 @@ def train(config):
     from ...report import parameter_report
     check_can_train(config)
     started = time.perf_counter()
+    _check_output_folders(config.output_dir)
     rank, world_size, device = setup_distributed(config.device)
     # the data first: a wrong list or root fails in seconds, before a model is built or a step is run
     loader, sampler = make_train_loader(config, rank, world_size, device)
@@ -119,6 +149,7 @@ def train(config):
         position = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler, config, rank, world_size)
         _say(rank, f"resumed from step {position['step']} of {config.steps} ({checkpoint})")
     batches = DataWait(iterate_batches(loader, sampler, position))
+    guard = _Guard(config, model, position["step"], len(loader.dataset), world_size, device)
     log = _Log(os.path.join(config.output_dir, LOG_NAME), enabled=rank == 0)
     skips, window = SkipCounter(), _new_window(batches)
     starving = StarvationCheck(config, device, enabled=rank == 0)
@@ -135,13 +166,16 @@ def train(config):
             backbone_dtype = log.backbone_compute_dtype = compute_dtype_name(seen)
         position["step"] += 1
         step = position["step"]
-        window.update(loss=window["loss"] + loss, correct=window["correct"] + correct,
-                      clips=window["clips"] + clips, steps=window["steps"] + 1)
+        guard.check(step, loss, clips, skips, rank)
+        finite = math.isfinite(loss)
+        window.update(loss=window["loss"] + (loss if finite else 0.0), correct=window["correct"] + correct,
+                      clips=window["clips"] + clips, steps=window["steps"] + finite)
         bar.update()
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
                         data=f"{_wait_fraction(window, batches):.0%}")
         if step % config.log_every == 0 or step == last:
-            record = log.write_train(step, window, scheduler.get_last_lr()[0], len(skips), batches.seconds)
+            record = log.write_train(step, window, scheduler.get_last_lr()[0], len(skips), batches.seconds,
+                                     guard.skipped_steps)
             starving.check(step, window["steps"], record)
             window = _new_window(batches)
         if (config.save_every and step % config.save_every == 0) or step == last:
@@ -153,7 +187,7 @@ def train(config):
     bar.close()
     result = dict(history=log.history, metrics=None, parameters=parameter_report(model), model=model,
                   skipped_train_videos=len(skips), backbone_compute_dtype=backbone_dtype, steps_done=position["step"],
-                  config=config)
+                  config=config, skipped_steps=guard.skipped_steps)
     if position["step"] == config.steps:
         result["metrics"] = _finish(model, config, device, rank, world_size, log, save_adapters)
     result["wall_time_s"] = time.perf_counter() - started
@@ -239,6 +273,71 @@ def _say(rank, message):
         tqdm.write(message)
 
 
+def _check_output_folders(output_dir):
+    """Before any work: output_dir is a folder this process can write in, and what a run writes there is
+    not in the way (adapters/ a folder, the others regular files: a FIFO would block), so that a long run
+    cannot fail at its end."""
+    check_writable_folder(output_dir, config_key("output_dir"))
+    for name in RUN_FILES:
+        path = os.path.join(output_dir, name)
+        fits = os.path.isdir(path) if name == ADAPTERS_NAME else os.path.isfile(path)
+        if os.path.lexists(path) and not fits:
+            raise ValueError(f"{config_key('output_dir')}: {path} is in the way: it should be a "
+                             f"{'folder' if name == ADAPTERS_NAME else 'file'} (move it, or use another output_dir)")
+    adapters = os.path.join(output_dir, ADAPTERS_NAME)
+    if os.path.isdir(adapters):
+        check_writable_folder(adapters, config_key("output_dir"))
+
+
+class _Guard:
+    """What must stop a run rather than let it go on silently wrong, checked after each step and before its
+    checkpoint: a step that was not finite (unless `skip_nonfinite_steps`: then it is counted and said),
+    trainable weights that became non-finite in the optimizer step (that cannot be undone), and, after a whole
+    epoch (or the whole run, if shorter), no video read at all."""
+
+    def __init__(self, config, model, start_step, num_videos, world_size, device):
+        self.config, self.world_size, self.device, self.skipped_steps = config, world_size, device, 0
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        per_rank = -(-num_videos // world_size) // config.batch_size          # batches per epoch and rank
+        epoch_steps = -(-per_rank // config.accum_steps)
+        last = min(config.steps, config.stop_at or config.steps)
+        self.clips, self.check_at, self.num_videos = 0, start_step + min(epoch_steps, last - start_step), num_videos
+
+    def check(self, step, loss, clips, skips, rank):
+        self.clips += clips
+        if step == self.check_at and all_reduce_sum([self.clips], self.device, self.world_size)[0] == 0:
+            first = next(iter(skips.paths.items()), ("?", "?"))
+            raise ValueError(f"no video of {self.config.train_list} could be read ({self.num_videos} listed; first "
+                             f"unreadable: {first[0]}: {first[1]}): nothing was trained; stopped at step {step}")
+        if math.isfinite(loss):
+            if not _all_finite(self.trainable):
+                raise NonFiniteLossError(_nonfinite_message(
+                    step, self.config, "the optimizer step made trainable weights non-finite (nan or inf)"))
+            return
+        if not self.config.skip_nonfinite_steps:
+            raise NonFiniteLossError(_nonfinite_message(
+                step, self.config, "the training loss or its gradients are not finite (nan or inf); the run stopped "
+                "without applying that step", skip_hint=True))
+        self.skipped_steps += 1
+        if rank == 0:
+            warnings.warn(f"step {step}: the loss or its gradients are not finite (nan or inf): step skipped "
+                          f"(--skip-nonfinite-steps; {self.skipped_steps} skipped so far)", stacklevel=2)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A training step whose loss or gradients were not finite (in a run that does not skip such steps), or
+    whose optimizer step made the weights non-finite."""
+
+
+def _nonfinite_message(step, config, what, skip_hint=False):
+    kept = checkpoint_step(config.output_dir)
+    checkpoint = os.path.join(config.output_dir, CHECKPOINT_NAME)
+    where = (f"the checkpoint of step {kept} is kept in {checkpoint}" if kept is not None else
+             f"no checkpoint was written before it (--save-every {config.save_every})")
+    return (f"step {step}: {what}; nothing of this step was saved, and {where}. Lower --lr (now {config.lr:g}) or "
+            "check the data" + (", or pass --skip-nonfinite-steps to skip such steps and go on" if skip_hint else ""))
+
+
 def _remove_previous_run(output_dir):
     """--no-resume: delete what an earlier run wrote to output_dir (our files only), saying what."""
     import shutil
@@ -262,14 +361,12 @@ def _finish(model, config, device, rank, world_size, log, save_adapters):
     metrics = None
     if rank == 0:
         path = save_adapters(model, os.path.join(config.output_dir, ADAPTERS_NAME))
-        with open(os.path.join(path, TRAIN_CONFIG_NAME), "w") as f:
-            json.dump(absolute_paths(config), f, indent=1)
+        write_files({os.path.join(path, TRAIN_CONFIG_NAME): json.dumps(absolute_paths(config), indent=1)})
     if config.val_list:
         metrics = evaluate(model, config, device, rank, world_size)
         log.write(dict(step=config.steps, **metrics))
         if rank == 0:
-            with open(os.path.join(config.output_dir, METRICS_NAME), "w") as f:
-                json.dump(metrics, f, indent=1)
+            write_files({os.path.join(config.output_dir, METRICS_NAME): json.dumps(metrics, indent=1)})
     return metrics
 
 
@@ -287,16 +384,19 @@ class _Log:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def write_train(self, step, window, lr, skipped, waited):
+    def write_train(self, step, window, lr, skipped, waited, skipped_steps=0):
         """Log a training interval (`waited`: the seconds of data wait so far); returns its record. The time
         waiting for data is measured against the interval's wall time (each step ends in a synchronising
         .item(), so a step's time is the device's)."""
         seconds = time.perf_counter() - window["time"]
         wait = waited - window["waited"]
-        record = dict(step=step, loss=window["loss"] / window["steps"], lr=lr,
+        loss = window["loss"] / window["steps"] if window["steps"] else None   # None: every step skipped
+        record = dict(step=step, loss=loss, lr=lr,
                       train_acc=100.0 * window["correct"] / max(window["clips"], 1),
                       clips_per_s=window["clips"] / max(seconds, 1e-9), skipped_videos=skipped,
                       data_wait_s=wait, interval_s=seconds, data_wait_fraction=wait / max(seconds, 1e-9))
+        if skipped_steps:
+            record["skipped_steps"] = skipped_steps
         if self.backbone_compute_dtype is not None:
             record["backbone_compute_dtype"], self.backbone_compute_dtype = self.backbone_compute_dtype, None
         self.write(record)

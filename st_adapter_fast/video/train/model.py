@@ -1,5 +1,6 @@
 """The run's model and optimizer: the VideoClassifier of a config, AdamW with its warmup + cosine schedule,
 and the config's autocast."""
+import json
 import math
 import os
 
@@ -31,7 +32,32 @@ def train_folder_arguments(folder):
     path = os.path.join(folder, TRAIN_CONFIG_NAME)
     if not os.path.isfile(path):
         return None
-    return classifier_arguments(TrainConfig.from_dict(load_config_file(path), source=path))
+    return model_record(TrainConfig.from_dict(load_config_file(path), source=path))
+
+
+def model_record(config):
+    """What a run of `config` records about its model (adapter_config.json's build arguments): the
+    build_video_classifier arguments and the authors' checkpoint its weights started from."""
+    authors = config.authors_checkpoint
+    return dict(classifier_arguments(config), authors_checkpoint=authors and os.path.abspath(authors))
+
+
+def run_model_record(folder, config):
+    """The record of the model in a run's adapters/ folder (adapter_config.json's build arguments, what
+    from_pretrained and load_adapters read), checked against the run's train_config.json (`config`): the one
+    record is the model's, and train_config.json, which records the run (data, optimisation, evaluation),
+    must not say otherwise. ValueError naming both files and the keys where they differ."""
+    from ...integrations.pretrained import recorded_arguments
+    record = recorded_arguments(folder)
+    as_json = lambda values: json.loads(json.dumps(values, default=lambda v: str(v).replace("torch.", "")))
+    ours, theirs = as_json(record), as_json(model_record(config))
+    differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    if differ:
+        raise ValueError(f"{folder}: adapter_config.json and train_config.json disagree on the model: "
+                         + "; ".join(f"{k}: {ours.get(k)!r} against {theirs.get(k)!r}" for k in differ)
+                         + " (adapter_config.json records the model, and from_pretrained and load_adapters read it; "
+                         "train_config.json records the run and must not contradict it: undo the edit)")
+    return record
 
 
 def build_model(config):
