@@ -141,8 +141,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adapter_forward(
     const at::Tensor& fc2_weight, const at::Tensor& fc2_bias, int64_t num_frames, int64_t num_prefix_tokens,
     c10::string_view activation, at::ScalarType compute_dtype, bool need_h) {
   constexpr const char* op = "st_adapter_fast::adapter_forward";
-  // The gradients are this library's (autograd.Function in ops.py): nothing inside is recorded by autograd.
+  // The gradients are this library's (csrc/adapter_autograd.cpp, ops.py): nothing inside is recorded by
+  // autograd, and grad mode is off, so that a dispatch mode watching these ops (selective activation
+  // checkpointing's policy) knows they are not autograd's to save.
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const at::NoGradGuard no_grad;
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);   // dtypes are chosen here
   const auto s = check_adapter_call(x, fc1_weight, conv_weight, fc2_weight, num_frames, num_prefix_tokens,
                                     compute_dtype, op);
@@ -187,8 +190,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     int64_t num_prefix_tokens, c10::string_view activation, at::ScalarType compute_dtype, bool x_prefix_zeroed,
     std::array<bool, 7> needs) {
   constexpr const char* op = "st_adapter_fast::adapter_backward";
-  // The gradients are this library's (autograd.Function in ops.py): nothing inside is recorded by autograd.
+  // The gradients are this library's (csrc/adapter_autograd.cpp, ops.py): nothing inside is recorded by
+  // autograd, and grad mode is off, so that a dispatch mode watching these ops (selective activation
+  // checkpointing's policy) knows they are not autograd's to save.
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const at::NoGradGuard no_grad;
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const auto s = check_adapter_call(x, fc1_weight, conv_weight, fc2_weight, num_frames, num_prefix_tokens,
                                     compute_dtype, op);

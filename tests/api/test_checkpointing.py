@@ -168,5 +168,5 @@ def test_errors_name_the_mode_and_change_nothing():
     with pytest.raises(ValueError, match="set_grad_checkpointing"):
         set_checkpointing(model, "selective")
     assert checkpointing_mode(model) == "none"
-    with pytest.raises(TypeError, match="blocks"):
+    with pytest.raises(TypeError, match="not a supported image backbone"):
         set_checkpointing(torch.nn.Linear(2, 2), "full")
