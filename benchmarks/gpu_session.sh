@@ -1,21 +1,33 @@
 #!/usr/bin/env bash
-# One lent-GPU session's measurements, in parts that each fit the device tool's 10-minute command limit
-# (run from the repository root on the GPU machine, with the wheels of .whl/ carried; $OUT collects logs):
-#   bash benchmarks/gpu_session.sh sweep                build, the kernel variants' native tests, the conv kernel
-#                                                       sweep (every variant's parity, GPU time, ncu), memcheck
-#   bash benchmarks/gpu_session.sh build-test-bench     build, a short sweep, native tests, host overhead, bench
-#   bash benchmarks/gpu_session.sh e2e                  the end-to-end training step (st_adapter_fast/bench/e2e.py)
-# The sweep's fastest correct CUDA variants (its "recommended: export ..." line) are written to
-# /tmp/cuda_variants.env, which later parts on the same (still warm) machine run with.
+# A lent GPU's session: every open GPU goal, measured in parts that each fit the device tool's 10-minute command
+# limit, in the order of what they settle (a session has 15 device minutes in all, the machine's start included:
+# `main` first, then `more` at once while the machine is warm, `extra` only if time is left). Run from the
+# repository root on the GPU machine; $OUT collects one archive per part.
+#   bash benchmarks/gpu_session.sh main    build; the native GPU tests (no sync, CUDA graph capture, every CUDA
+#                                          variant's parity, reduce-overhead training); the conv kernel sweep
+#                                          (issue 20); host time per call (18); the end-to-end step at 8 clips:
+#                                          reference / fast / fast compiled (reduce-overhead) / floor (18, 19)
+#   bash benchmarks/gpu_session.sh more    the end-to-end step at 64 and 32 clips (18, 19: every variant whose goal
+#                                          is at that batch), the bench rows with the sweep's variants (20)
+#   bash benchmarks/gpu_session.sh extra   data feeding from a store (23), every library's backbone (21),
+#                                          compute-sanitizer on the CUDA variants, the fp16 / ViT-L bench rows
+# Wheels the machine lacks travel in .whl/ (name it in the tool's `carry`): PyAV for `extra`'s data feed,
+# open_clip_torch, ftfy and wcwidth for its backbones (how to fetch them: /work/.library/device/README.md; the
+# machine has torch, timm, transformers, tqdm, pyyaml and matplotlib). The sweep's fastest correct CUDA variants
+# (its "recommended: export ..." line) go to /tmp/cuda_variants.env, which later parts on the same machine use.
 # Each step has its own time limit and the script goes on past a failed step, so that what did run comes back.
 set -u
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_COMPILE_THREADS=16 MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0
-FINAL=${OUT:-/tmp/out}; OUT=/tmp/session/${1:-none}; mkdir -p "$OUT" "$FINAL"
+PART=${1:-none}
+FINAL=${OUT:-/tmp/out}; OUT=/tmp/session/$PART; mkdir -p "$OUT" "$FINAL"
 # The device tool brings back at most 8 files: everything goes into one archive at the end.
-trap 'tar czf "$FINAL/${1:-none}.tgz" -C /tmp/session "${1:-none}"' EXIT
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    >"$OUT/pip.log" 2>&1
+trap 'tar czf "$FINAL/$PART.tgz" -C /tmp/session "$PART"' EXIT
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        >"$OUT/pip.log" 2>&1
+fi
 export PYTHONPATH=/tmp/site:$PWD
+E2E=/tmp/session/e2e.json   # every e2e batch of every part merges into this one file (bench --out merges batches)
 deadline=$((SECONDS + ${SESSION_SECONDS:-570}))   # the device tool stops a command at 600 s
 step() {  # step NAME SECONDS COMMAND...: run with a limit (never past the deadline), log to $OUT/NAME.log
     local name=$1 limit=$2; shift 2
@@ -24,58 +36,62 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit (never past the deadl
     local start=$SECONDS
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
     local rc=$?
-    echo "== $name: exit $rc after $((SECONDS - start)) s"; tail -n 25 "$OUT/$name.log"
+    echo "== $name: exit $rc after $((SECONDS - start)) s"; tail -n 15 "$OUT/$name.log"
 }
 recommend() {  # the sweep's "recommended: export ..." line into /tmp/cuda_variants.env
     local line
     line=$(grep '^recommended: export ' "$OUT/$1.log" | tail -n 1 | sed 's/^recommended: //')
     [ -n "$line" ] && echo "$line" >/tmp/cuda_variants.env && echo "== using: $line"
 }
+use_variants() { [ -f /tmp/cuda_variants.env ] && . /tmp/cuda_variants.env && cat /tmp/cuda_variants.env; }
 info() {
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv >"$OUT/nvidia-smi.txt"
-    python3 -c "import torch, triton, sys; print(sys.version, torch.__version__, torch.version.cuda, triton.__version__)" \
+    python3 -c "import sys, torch, triton, timm; print(sys.version, torch.__version__, torch.version.cuda, triton.__version__, 'timm', timm.__version__)" \
         >"$OUT/versions.txt" 2>&1
-    python3 -c "import timm; print('timm', timm.__version__)" >>"$OUT/versions.txt" 2>&1; cat "$OUT/versions.txt"
-    (command -v ncu && command -v compute-sanitizer) >>"$OUT/versions.txt" 2>&1
+    git log -1 --format='commit %H %s' >>"$OUT/versions.txt" 2>&1; date -u >>"$OUT/versions.txt"
+    (command -v ncu && command -v compute-sanitizer) >>"$OUT/versions.txt" 2>&1; cat "$OUT/versions.txt"
 }
-case "${1:-}" in
-sweep)
+build() {  # the extension against the machine's torch (kept between calls on a warm machine: then quick)
+    step build 180 python3 setup.py build_ext --inplace
+}
+case "$PART" in
+main)
     info
-    step build 150 python3 setup.py build_ext --inplace
-    # Every variant natively (parity in every dtype and kt, CUDA graphs, determinism) before any timing.
-    step variant-tests 60 env ST_ADAPTER_FAST_AUTOTUNE=0 python3 -m pytest -q --maxfail=30 -n 12 -p no:cacheprovider \
-        tests/kernels/test_kernel_variants.py
-    step sweep 270 python3 benchmarks/cuda_kernel_sweep.py --max-seconds 240 --ncu --json "$OUT/sweep.json"
+    build
+    step gpu-tests 100 env ST_ADAPTER_FAST_AUTOTUNE=0 python3 -m pytest -q --maxfail=30 -n 12 -p no:cacheprovider \
+        tests/kernels/test_gpu_paths.py tests/kernels/test_host_path.py tests/kernels/test_kernel_variants.py \
+        tests/api/test_compiling.py tests/api/test_checkpointing.py
+    step sweep 150 python3 benchmarks/cuda_kernel_sweep.py --max-seconds 120 --ncu --json "$OUT/sweep.json"
     recommend sweep
-    # Out-of-bounds accesses of every variant on the parity shapes (compute-sanitizer, where it works); without
-    # the caching allocator, so that each tensor is its own allocation and a stray access cannot land in a neighbour.
+    use_variants
+    step host 40 python3 benchmarks/host_overhead.py --rounds 15 --json "$OUT/host_overhead.json"
+    step e2e-8 170 python3 -m st_adapter_fast.cli bench --e2e-only --e2e-clips 8 --e2e-variants "backward floor" \
+        reference fast "fast compiled (reduce-overhead)" --out "$E2E"
+    cp "$E2E" "$OUT/" 2>/dev/null
+    ;;
+more)
+    info
+    build
+    use_variants
+    step e2e-64 330 python3 -m st_adapter_fast.cli bench --e2e-only --e2e-clips 64 --e2e-variants "backward floor" \
+        reference fast "fast + selective" "reference compiled" "fast compiled" "fast compiled + selective" --out "$E2E"
+    step e2e-32 150 python3 -m st_adapter_fast.cli bench --e2e-only --e2e-clips 32 --e2e-variants reference fast \
+        "fast compiled" --out "$E2E"
+    cp "$E2E" "$OUT/" 2>/dev/null
+    step bench-bf16 80 python3 -m st_adapter_fast.cli bench --quick --configs vit-b16 --dtypes bfloat16 --no-progress \
+        --out "$OUT/bench.json"
+    ;;
+extra)
+    info
+    build
+    use_variants
+    step data-feed 200 python3 benchmarks/data_feed.py --steps 20 --out "$OUT/data_feed_store.json"
+    step backbones 120 python3 benchmarks/backbones_gpu.py --out "$OUT/backbones.json"
     step memcheck 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 3 \
         python3 benchmarks/cuda_kernel_sweep.py --parity-only "$OUT/memcheck.jsonl"
-    ;;
-build-test-bench)
-    info
-    step build 150 python3 setup.py build_ext --inplace
-    if [ ! -f /tmp/cuda_variants.env ]; then   # no sweep on this machine yet: a short one (ViT-B/16 bf16, CUDA only)
-        step sweep 100 python3 benchmarks/cuda_kernel_sweep.py --max-seconds 90 --configs vit-b16 --dtypes bfloat16 \
-            --no-triton --json "$OUT/sweep.json"
-        recommend sweep
-    fi
-    step tests 75 env ST_ADAPTER_FAST_AUTOTUNE=0 python3 -m pytest -q --maxfail=20 -n 12 \
-        -p no:cacheprovider tests/kernels/test_gpu_paths.py tests/kernels/test_kernel_variants.py \
-        tests/api/test_training_path.py tests/kernels/test_properties.py \
-        tests/kernels/test_triton_parity.py tests/kernels/test_compiled_kernels.py tests/kernels/test_compile.py
-    # The rest of the session (the e2e part too) runs with the sweep's fastest correct variants.
-    [ -f /tmp/cuda_variants.env ] && . /tmp/cuda_variants.env && cat /tmp/cuda_variants.env
-    step host 30 python3 benchmarks/host_overhead.py --json "$OUT/host_overhead.json"
-    for dtype in bfloat16 float16; do   # bf16 rows first; both into one file
-        step bench-$dtype 400 python3 -m st_adapter_fast.cli bench --quick --configs vit-b16 vit-l14 --dtypes $dtype \
-            --no-progress --out "$OUT/bench.json"
-    done
-    ;;
-e2e)
-    [ -f /tmp/cuda_variants.env ] && . /tmp/cuda_variants.env && cat /tmp/cuda_variants.env
-    step e2e 600 python3 -m st_adapter_fast.cli bench --e2e-only --out "$OUT/e2e.json"
+    step bench-rest 150 python3 -m st_adapter_fast.cli bench --quick --configs vit-b16 vit-l14 --dtypes float16 \
+        --no-progress --out "$OUT/bench.json"
     ;;
 *)
-    echo "usage: $0 sweep | build-test-bench | e2e" >&2; exit 2 ;;
+    echo "usage: $0 main | more | extra" >&2; exit 2 ;;
 esac

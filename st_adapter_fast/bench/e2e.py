@@ -93,7 +93,7 @@ class ChannelScale(nn.Module):
         super().__init__()
         self.scale = nn.Parameter(torch.ones(channels))
 
-    def forward(self, x, num_frames):
+    def forward(self, x, num_frames, grid_size=None):
         return x * self.scale.to(x.dtype)
 
 

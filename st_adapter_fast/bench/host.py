@@ -58,7 +58,7 @@ def dispatched_ops(step):
 def make_step(backend, mode, x, params, grad_y, num_frames):
     """One forward + backward of `st_adapter` on `backend` in `mode`, gradients returned (not accumulated),
     as a training step's are."""
-    from .. import st_adapter
+    from ..ops import st_adapter
     dtype = MODES[mode]
     fn = lambda x_, T, *p: st_adapter(x_, T, *p, backend=backend)
     inner = case_step(fn, "fwd+bwd", x, params, grad_y, num_frames)
