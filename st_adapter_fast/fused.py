@@ -96,17 +96,28 @@ def _restore_prefix(out, source, num_prefix_tokens):
 
 
 # Small constant tensors, made once per shape, dtype and device and never written: each saves a kernel
-# launch per call (an eager adapter call is bound by its launches' host time on a GPU).
-@functools.lru_cache(maxsize=64)
-def _bias_columns(num_tokens, num_prefix_tokens, dtype, device):
+# launch per call (an eager adapter call is bound by its launches' host time on a GPU). Not kept when made
+# during CUDA graph capture (torch.compile's reduce-overhead mode): memory allocated there belongs to the
+# graph's private pool, and a tensor kept from it would be overwritten by later replays of other graphs.
+def _constant(make, *key):
+    if key[-1].type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return make(*key)
+    return _kept(make, *key)
+
+
+@functools.lru_cache(maxsize=128)
+def _kept(make, *key):
+    return make(*key)
+
+
+def _make_bias_columns(num_tokens, num_prefix_tokens, dtype, device):
     """(L, BIAS_COLUMNS): a 1 in the first column of the patch rows, zeros elsewhere (prefix rows included)."""
     columns = torch.zeros((num_tokens, BIAS_COLUMNS), dtype=dtype, device=device)
     columns[num_prefix_tokens:, 0] = 1
     return columns
 
 
-@functools.lru_cache(maxsize=64)
-def _zero_columns(rows, count, dtype, device):
+def _make_zero_columns(rows, count, dtype, device):
     return torch.zeros((rows, count), dtype=dtype, device=device)
 
 
@@ -120,7 +131,7 @@ def _activation_buffer(frames, num_tokens, num_prefix_tokens, adapter_channels, 
     if P:
         buf[:, :P, :Ca].zero_()
     if fold_bias:
-        buf[:, :, Ca:] = _bias_columns(num_tokens, P, like.dtype, like.device)
+        buf[:, :, Ca:] = _constant(_make_bias_columns, num_tokens, P, like.dtype, like.device)
     return buf
 
 
@@ -129,7 +140,7 @@ def _augmented_fc2_weight(fc2_weight, fc2_bias):
     a cache keyed on the parameters' version counters would go stale when they are changed through
     `.data`, which does not count as a change."""
     channels = fc2_weight.shape[0]
-    padding = _zero_columns(channels, BIAS_COLUMNS - 1, fc2_weight.dtype, fc2_weight.device)
+    padding = _constant(_make_zero_columns, channels, BIAS_COLUMNS - 1, fc2_weight.dtype, fc2_weight.device)
     return torch.cat([fc2_weight, fc2_bias[:, None], padding], dim=1)
 
 

@@ -59,20 +59,20 @@ def test_modes_are_checked_and_reduce_overhead_warns_off_a_gpu(monkeypatch):
 
 
 @pytest.mark.gpu
-def test_reduce_overhead_training_captures_cuda_graphs_and_matches_eager():
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_reduce_overhead_training_captures_cuda_graphs_and_matches_eager(backend):
     """On a GPU: a few training steps of a small adapted classifier (bf16 autocast, selective checkpointing)
     compiled with reduce-overhead: every graph runs as a CUDA graph (no skip: the op syncs nowhere, takes no
     CPU tensor, branches on no data) and the losses and gradients are eager's. The op's per-shape constant
     caches start empty, as in a fresh process, so that they are first made inside the compiled step."""
     from st_adapter_fast import fused
     from st_adapter_fast.integrations.timm import build_video_classifier
-    fused._bias_columns.cache_clear()
-    fused._zero_columns.cache_clear()
+    fused._kept.cache_clear()
 
     def run(compiled):
         torch.manual_seed(0)
         model = build_video_classifier("vit_base_patch16_clip_quickgelu_224", 5, num_frames=4, adapter_channels=32,
-                                       dropout=0.0, backbone_dtype=torch.bfloat16, activation=None,
+                                       backend=backend, dropout=0.0, backbone_dtype=torch.bfloat16, activation=None,
                                        model_kwargs=dict(img_size=64, patch_size=16, depth=2, embed_dim=64,
                                                          num_heads=2)).cuda()
         saf.set_checkpointing(model, "selective")
