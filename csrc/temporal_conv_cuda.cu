@@ -90,6 +90,22 @@ int multiprocessors(int device) {
   return counts.emplace(device, count).first->second;
 }
 
+// What a launch ran and with which geometry, into `r` (the real launcher and the planner both record it).
+void record_launch(CudaLaunchRecord& r, const Geometry& g, const KernelNote& note) {
+  r.ran = note.ran;
+  r.reason = note.reason;
+  r.kernel = note.kernel;
+  r.kt = note.kt;
+  r.vec = note.vec;
+  r.vector_bytes = note.vector_bytes;
+  r.depth = note.depth;
+  r.inflight_bytes = note.inflight_bytes;
+  r.grid[0] = g.grid.x, r.grid[1] = g.grid.y, r.grid[2] = g.grid.z;
+  r.block[0] = g.block.x, r.block[1] = g.block.y, r.block[2] = g.block.z;
+  r.shared_bytes = int64_t(g.shared_bytes);
+  r.partial_rows = g.partial_rows;
+}
+
 struct CudaLauncher {
   cudaStream_t stream;
   const char* direction;
@@ -111,18 +127,7 @@ struct CudaLauncher {
     CudaLaunchRecord& r = last_record;
     r.direction = direction;
     r.requested = requested;
-    r.ran = note.ran;
-    r.reason = note.reason;
-    r.kernel = note.kernel;
-    r.kt = note.kt;
-    r.vec = note.vec;
-    r.vector_bytes = note.vector_bytes;
-    r.depth = note.depth;
-    r.inflight_bytes = note.inflight_bytes;
-    r.grid[0] = g.grid.x, r.grid[1] = g.grid.y, r.grid[2] = g.grid.z;
-    r.block[0] = g.block.x, r.block[1] = g.block.y, r.block[2] = g.block.z;
-    r.shared_bytes = int64_t(g.shared_bytes);
-    r.partial_rows = g.partial_rows;
+    record_launch(r, g, note);
     r.registers = facts.attributes.numRegs;
     r.local_bytes = int(facts.attributes.localSizeBytes);
     r.static_shared_bytes = int(facts.attributes.sharedSizeBytes);
@@ -140,20 +145,7 @@ struct PlanLauncher {
   int resident_blocks(const void*, int, size_t) { return resident; }
 
   template <typename Args>
-  void launch(void (*)(Args), const Geometry& g, const Args&, const KernelNote& note) {
-    record.ran = note.ran;
-    record.reason = note.reason;
-    record.kernel = note.kernel;
-    record.kt = note.kt;
-    record.vec = note.vec;
-    record.vector_bytes = note.vector_bytes;
-    record.depth = note.depth;
-    record.inflight_bytes = note.inflight_bytes;
-    record.grid[0] = g.grid.x, record.grid[1] = g.grid.y, record.grid[2] = g.grid.z;
-    record.block[0] = g.block.x, record.block[1] = g.block.y, record.block[2] = g.block.z;
-    record.shared_bytes = int64_t(g.shared_bytes);
-    record.partial_rows = g.partial_rows;
-  }
+  void launch(void (*)(Args), const Geometry& g, const Args&, const KernelNote& note) { record_launch(record, g, note); }
 };
 
 }  // namespace

@@ -98,3 +98,15 @@ def compute_dtype_name(seen):
     if len(seen) == 1:
         return next(iter(seen))
     return "mixed (" + ", ".join(f"{name}: {count}" for name, count in sorted(seen.items())) + ")"
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run the block with one torch intra-op thread (then as before): for timings of small work, where waking
+    threads is noise, and for per-item work in processes that run in parallel."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

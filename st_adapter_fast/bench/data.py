@@ -51,7 +51,7 @@ def _scene(rng, count, height, width):
 
 def cpu_seconds_per_item(get_item, keys):
     """CPU seconds (this process) of `get_item(key)` for each key, with one torch thread."""
-    from ..video.prepare import one_torch_thread
+    from ..measure import one_torch_thread
     seconds = []
     with one_torch_thread():
         for key in keys:

@@ -25,6 +25,7 @@ import time
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..measure import one_torch_thread
 from .benchmark import GPU_CONFIGS, adapter_inputs, case_step
 
 MODES = {"fp32": None, "bf16 autocast": torch.bfloat16}
@@ -71,16 +72,6 @@ def make_step(backend, mode, x, params, grad_y, num_frames):
     return under_autocast
 
 
-@contextlib.contextmanager
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _clock(device):
     return time.thread_time if device == "cpu" else time.perf_counter
 
@@ -114,7 +105,7 @@ def measure(backends, device="cpu", config=None, rounds=30, calls=50, progress=p
     num_frames = shape[1]
     names = list(dict.fromkeys(list(backends) + [REFERENCE]))
     results = {}
-    with _one_thread() if device == "cpu" else contextlib.nullcontext():
+    with one_torch_thread() if device == "cpu" else contextlib.nullcontext():
         for mode in MODES:
             steps = {b: make_step(b, mode, x, params, grad_y, num_frames) for b in names}
             for step in steps.values():   # warm-up: caches, autotuning, lazy initialisation

@@ -1,6 +1,5 @@
 """`prepare`: decode the videos of list files once into a frame store (store.py has the format), in parallel
 processes, shard by shard, with a progress bar; a rerun finishes an interrupted one."""
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -11,6 +10,7 @@ import zlib
 import numpy as np
 import torch
 
+from ..measure import one_torch_thread
 from .data import read_video_list, sample_frame_indices
 from .decode import decode_video
 from .store import (INDEX_FILE, SHARDS_DIR, STORE_FILE, STORE_FORMAT, StoreError, StoreSettings,
@@ -60,17 +60,6 @@ def frame_indices(settings, count, source_fps):
         return np.arange(count)
     step = source_fps / settings.fps
     return np.floor(np.arange(0, count / step) * step).astype(np.int64)
-
-
-@contextlib.contextmanager
-def one_torch_thread():
-    """Run the block with one torch thread (then as before): per-clip work in workers that run in parallel."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _start_store(out, header):
