@@ -1,7 +1,9 @@
 """`convert`: swap adapters for fast `STAdapter`s with the same weights, in place, where the swap provably
 computes the same function, and say which adapter-like modules were left as they are and why."""
+import copy
 import warnings
 
+import torch
 from torch import nn
 
 from .module import STAdapter
@@ -75,6 +77,38 @@ def _why_not(module):
         return "hooks on it or its children, which an STAdapter would not run"
     if len({(p.device, p.dtype) for p in module.parameters()}) != 1:
         return "parameters on several devices or of several dtypes"
+    if type(module) is not STAdapterReference:
+        return _forward_problem(module)
+    return None
+
+
+def _forward_problem(module):
+    """Why `module`'s own forward (which convert cannot read) is not the authors' adapter, or None: it is run as
+    `module(x, num_frames)`, on a float64 copy with random weights and a small random clip batch (class token
+    first, square grid), against the reference computation with the same weights."""
+    generator = torch.Generator().manual_seed(0)
+    theirs = copy.deepcopy(module).to(device="cpu", dtype=torch.float64)
+    kt, kh, kw = theirs.conv.kernel_size
+    ours = STAdapterReference(theirs.fc1.in_features, theirs.fc1.out_features, (kt, kh, kw), activation=None,
+                              num_prefix_tokens=1).to(torch.float64)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype))
+        nn.Module.load_state_dict(ours, theirs.state_dict())
+        frames, side = kt + 1, max(kh, kw) + 1
+        x = torch.randn(2 * frames, 1 + side * side, theirs.fc1.in_features, generator=generator, dtype=torch.float64)
+        expected = ours(x.clone(), frames)
+        try:
+            got = theirs(x.clone(), frames)
+        except Exception as error:   # any error of a forward that convert did not write
+            return f"its forward cannot be run as adapter(x, num_frames) ({type(error).__name__}: {error})"
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+        return f"its forward returns {tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__}, " \
+               f"not the adapter's (B*T, L, C) = {tuple(expected.shape)}"
+    error = float((got - expected).norm() / expected.norm())
+    if not error <= 1e-9:
+        return (f"its forward computes something else than the authors' adapter (relative difference {error:.2g} "
+                "on a test input)")
     return None
 
 
@@ -87,7 +121,7 @@ def _fast_equivalent(module, backend):
         settings = dict(activation=None, num_prefix_tokens=1)
     fast = STAdapter(module.fc1.in_features, module.fc1.out_features, module.conv.kernel_size, backend=backend,
                      **settings)
-    fast.load_state_dict(module.state_dict())
+    nn.Module.load_state_dict(fast, module.state_dict())   # the values as they are (the adapter's own checks refuse NaN)
     for p_new, p_old in zip(fast.parameters(), module.parameters()):
         p_new.requires_grad_(p_old.requires_grad)
     fast.train(module.training)
@@ -100,18 +134,26 @@ def convert(model, backend="auto"):
     weights (and requires_grad flags), where that provably computes the same function: exact module types
     (no subclasses), exactly the children fc1, conv and fc2 (no activation or other module whose place in the
     computation convert cannot see), a depthwise conv with stride 1, no dilation, zero padding k // 2 and
-    biases everywhere, no parameters or buffers of its own, no hooks. Adapter-like modules that fail a check
-    are left as they are, with a warning that names each and says why.
+    biases everywhere, no parameters or buffers of its own, no hooks, and, for a module other than an
+    `STAdapterReference` (whose forward convert cannot read), a forward `module(x, num_frames)` that gives the
+    authors' adapter's output on a test input (a copy with random weights). Adapter-like modules that fail a
+    check, and `model` itself if it is one, are left as they are, with a warning that names each and says why.
 
     All replacements are built before the first is put in place: if one fails, `model` is unchanged.
     `model` itself is never replaced. Returns a `ConversionReport`: the number replaced (an int), with
     `.converted` (their names) and `.skipped` ({name: why})."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
     names = {}
     for name, module in model.named_modules():
         names.setdefault(id(module), name)
     replacements, skipped = {}, {}
     for name, module in model.named_modules():
-        if module is model or isinstance(module, STAdapter) or not _looks_like_adapter(module):
+        if isinstance(module, STAdapter) or not _looks_like_adapter(module):
+            continue
+        if module is model:
+            skipped[name] = ("convert replaces the adapters inside the model it is given, not that model itself: "
+                             "pass a module that holds it, or load its state_dict into an STAdapter")
             continue
         if id(module) in replacements or name in skipped:
             continue
@@ -120,8 +162,10 @@ def convert(model, backend="auto"):
             replacements[id(module)] = _fast_equivalent(module, backend)
         else:
             skipped[name] = reason
+    # every place that holds a replaced module (_modules, not named_children: a module shared by two names is
+    # swapped under both, and stays shared)
     swaps = [(parent, child_name, replacements[id(child)]) for parent in model.modules()
-             for child_name, child in parent.named_children() if id(child) in replacements]
+             for child_name, child in parent._modules.items() if id(child) in replacements]
     for parent, child_name, fast in swaps:
         setattr(parent, child_name, fast)
     if skipped:

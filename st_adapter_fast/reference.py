@@ -4,12 +4,15 @@ This is the semantic reference every fast path is tested against: slice off the 
 fc1, reshape to (B, Ca, T, H, W), depthwise Conv3d with zero padding k//2, back to the token layout,
 activation, fc2, add to the input (out of place).
 """
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .activations import apply_activation, check_activation
-from .validation import as_int, autocast_active, check_adapter_inputs, check_kernel_size
+from .validation import (as_int, autocast_active, check_adapter_inputs, check_grid_size, check_kernel_size,
+                         check_state_dict)
 
 
 def st_adapter_reference(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias,
@@ -69,7 +72,7 @@ class STAdapterReference(nn.Module):
         kernel_size = check_kernel_size(kernel_size)
         self.activation = check_activation(activation)
         self.num_prefix_tokens = as_int("num_prefix_tokens", num_prefix_tokens, 0)
-        self.grid_size = None if grid_size is None else tuple(grid_size)
+        self.grid_size = None if grid_size is None else check_grid_size(grid_size)
         self.fc1 = nn.Linear(in_channels, adapter_channels)
         self.conv = nn.Conv3d(adapter_channels, adapter_channels, kernel_size=kernel_size,
                               padding=tuple(k // 2 for k in kernel_size), groups=adapter_channels)
@@ -81,6 +84,17 @@ class STAdapterReference(nn.Module):
         """The six parameters in the order the functional API takes them."""
         return (self.fc1.weight, self.fc1.bias, self.conv.weight, self.conv.bias,
                 self.fc2.weight, self.fc2.bias)
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """As nn.Module's, but everything is checked before the first copy (keys when `strict`, shapes, a
+        floating dtype, values not on the meta device, finite values): ValueError / TypeError naming what does
+        not fit, and the adapter is unchanged. Tensors of another floating dtype are cast on copy."""
+        given = dict(state_dict) if isinstance(state_dict, Mapping) else state_dict
+        expected = self.state_dict()
+        if not strict and isinstance(given, dict):
+            expected = {k: v for k, v in expected.items() if k in given}
+        check_state_dict(expected, given, f"{type(self).__name__}.load_state_dict: the state dict")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def forward(self, x, num_frames, grid_size=None):
         return st_adapter_reference(x, num_frames, *self.adapter_params(), activation=self.activation,

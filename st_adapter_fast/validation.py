@@ -63,9 +63,7 @@ def resolve_grid(num_patches, grid_size, kernel_size=None):
                 f"grid_size: {num_patches} patch tokens is not a square number; pass grid_size=(H, W) "
                 "with H * W equal to the number of patch tokens")
         return side, side
-    if not isinstance(grid_size, (tuple, list)) or len(grid_size) != 2:
-        raise ValueError(f"grid_size must be a pair of positive ints (H, W), got {grid_size!r}")
-    height, width = (as_int("grid_size", s, 1) for s in grid_size)
+    height, width = check_grid_size(grid_size)
     if height * width != num_patches:
         raise ValueError(
             f"grid_size={tuple(grid_size)} holds {height * width} patches but x has {num_patches} "
@@ -73,13 +71,20 @@ def resolve_grid(num_patches, grid_size, kernel_size=None):
     return height, width
 
 
+def check_grid_size(grid_size):
+    """`grid_size` as a pair (H, W) of positive ints; ValueError / TypeError naming it otherwise."""
+    if not isinstance(grid_size, (tuple, list)) or len(grid_size) != 2:
+        raise ValueError(f"grid_size must be a pair of positive ints (H, W), got {grid_size!r}")
+    return tuple(as_int("grid_size", s, 1) for s in grid_size)
+
+
 def check_kernel_size(kernel_size):
-    """A 3-tuple of positive odd ints (the zero padding k//2 keeps sizes only for odd k)."""
-    if isinstance(kernel_size, int):
-        kernel_size = (kernel_size, 1, 1)
-    kernel_size = tuple(kernel_size)
-    if len(kernel_size) != 3 or not all(isinstance(k, int) and k > 0 for k in kernel_size):
-        raise ValueError(f"kernel_size must be 3 positive ints (kt, kh, kw), got {kernel_size!r}")
+    """A 3-tuple of positive odd ints (the zero padding k//2 keeps sizes only for odd k); an int k is (k, 1, 1)."""
+    if not isinstance(kernel_size, (tuple, list, torch.Size)):
+        kernel_size = (as_int("kernel_size", kernel_size, 1), 1, 1)
+    if len(kernel_size) != 3:
+        raise ValueError(f"kernel_size must be 3 positive ints (kt, kh, kw), got {tuple(kernel_size)!r}")
+    kernel_size = tuple(as_int("kernel_size", k, 1) for k in kernel_size)
     if any(k % 2 == 0 for k in kernel_size):
         raise ValueError(f"kernel_size must be odd in every dimension (zero padding k//2), got {kernel_size}")
     return kernel_size
@@ -155,3 +160,46 @@ def check_adapter_inputs(x, num_frames, fc1_weight, fc1_bias, conv_weight, conv_
     return AdapterShape(batch=frames // num_frames, num_frames=num_frames, num_tokens=num_tokens,
                         num_prefix_tokens=num_prefix_tokens, height=height, width=width, channels=channels,
                         adapter_channels=adapter_channels, kernel_size=kernel_size)
+
+
+def check_state_dict(expected, given, source):
+    """ValueError naming `source` unless `given` ({name: tensor}) has exactly `expected`'s keys (a model's
+    state_dict()), each with its shape, a floating dtype where the model's tensor is floating, values (not on the
+    meta device) and finite values; TypeError if it is not a dict of str -> tensor. Everything is checked before
+    a caller copies anything."""
+    if not isinstance(given, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in given.items()):
+        raise TypeError(f"{source}: expected a dict of str -> torch.Tensor, got {type(given).__name__}"
+                        + _first_bad_item(given))
+    problems = []
+    missing, unexpected = sorted(expected.keys() - given.keys()), sorted(given.keys() - expected.keys())
+    if missing:
+        problems.append(f"missing {_some(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_some(unexpected)}")
+    for name in sorted(expected.keys() & given.keys()):
+        want, got = expected[name], given[name]
+        if got.shape != want.shape:
+            problems.append(f"{name} has shape {tuple(got.shape)}, the model's {tuple(want.shape)}")
+        elif want.is_floating_point() and not got.is_floating_point():
+            problems.append(f"{name} has dtype {got.dtype}, the model's is floating point ({want.dtype})")
+        elif got.device.type == "meta":
+            problems.append(f"{name} is on the meta device (it has no values)")
+        elif got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            problems.append(f"{name} holds non-finite values")
+    if problems:
+        raise ValueError(f"{source} does not fit the model: " + "; ".join(problems))
+
+
+def _first_bad_item(given):
+    if not isinstance(given, dict):
+        return ""
+    for key, value in given.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            return f" (e.g. {key!r}: {type(value).__name__})"
+    return ""
+
+
+def _some(names, shown=5):
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
