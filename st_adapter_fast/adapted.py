@@ -6,14 +6,21 @@ adapters' configuration (channels, kernel size, placement, layers, ...); a modul
 saved with the adapters (a classifier's head) names those children in `checkpoint_children`. Nothing here
 knows any model library.
 """
+from torch import nn
 
 
 def adapted_module(model):
     """`model` or the module inside it whose adapters an integration added (it carries `st_adapter_config`)."""
+    _check_module(model)
     for m in model.modules():
         if getattr(m, "st_adapter_config", None) is not None:
             return m
     raise ValueError("the model has no ST-Adapters (use add_st_adapters or build_video_classifier)")
+
+
+def _check_module(model):
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module (a model with ST-Adapters), got {type(model).__name__}")
 
 
 def has_st_adapters(model):

@@ -13,8 +13,10 @@ import os
 import warnings
 
 import torch
+from torch import nn
 
 from .adapted import adapter_config
+from .compiling import CompiledModel
 from .files import check_regular_file, read_text, write_files
 from .reference import STAdapterReference
 
@@ -23,6 +25,19 @@ CONFIG_NAME = "adapter_config.json"
 FORMAT_VERSION = 1
 CLASSIFIER_KEY = "video_classifier"
 CONFIG_KEYS = ("format_version", "st_adapter_config", "tensors", CLASSIFIER_KEY)   # what adapter_config.json may hold
+
+
+def unwrapped(model):
+    """The model inside the wrappers that prefix its parameter names: torch.compile's ("_orig_mod."),
+    compile_model's, DistributedDataParallel's and DataParallel's ("module."). A checkpoint names its tensors as
+    the model itself does, so that it loads into the model however either of them is wrapped."""
+    while True:
+        if isinstance(model, (CompiledModel, nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def checkpoint_parameters(model):
@@ -58,11 +73,13 @@ def save_adapters(model, path):
     `path`/adapter_config.json, with what `from_pretrained` needs to rebuild a classifier made by
     `build_video_classifier`. Returns `path`.
 
-    Everything is checked first (the model has adapters, every tensor has values and is finite, the
+    `model` may be wrapped (torch.compile, compile_model, DistributedDataParallel): the tensors are named as
+    in the model itself. Everything is checked first (the model has adapters, every tensor has values and is finite, the
     configuration is JSON), then both files are written under temporary names in `path` and renamed into
     place: a save that fails leaves a folder's earlier checkpoint as it was."""
     from safetensors.torch import save as safetensors_bytes
     folder = _folder_path(path, "save_adapters")
+    model = unwrapped(model)
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise ValueError(f"save_adapters: {folder} exists and is not a folder")
     settings = adapter_config(model)
@@ -119,7 +136,7 @@ def read_adapter_config(path):
     if not isinstance(config, dict):
         raise ValueError(f"{config_file}: expected a JSON object (as save_adapters writes), got a JSON "
                          f"{type(config).__name__}")
-    if config.get("format_version") != FORMAT_VERSION:
+    if type(config.get("format_version")) is not int or config["format_version"] != FORMAT_VERSION:
         raise ValueError(f"{config_file}: unknown adapter checkpoint format {config.get('format_version')!r}")
     unknown = sorted(set(config) - set(CONFIG_KEYS))
     if unknown:
@@ -147,7 +164,7 @@ def load_adapters(model, path):
     finite values. Everything is checked before anything is copied: on an error the model is untouched.
     Raises ValueError / TypeError naming the file and, for a tensor, its name; only regular files are read."""
     config = read_adapter_config(path)
-    path = os.fspath(path)
+    path, model = os.fspath(path), unwrapped(model)
     config_file, weights_file = os.path.join(path, CONFIG_NAME), os.path.join(path, WEIGHTS_NAME)
     saved, ours = config["st_adapter_config"], json.loads(json.dumps(adapter_config(model)))   # as read from JSON
     if saved != ours:

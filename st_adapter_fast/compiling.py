@@ -25,6 +25,10 @@ def compile_model(model, mode="default", backend=None):
 
     Compiles lazily, on the first call, as one graph (fullgraph); a model that dynamo cannot trace whole
     is compiled with graph breaks instead, with a warning that says where."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"compile_model expects a torch.nn.Module, got {type(model).__name__}")
+    if backend is not None and not isinstance(backend, str) and not callable(backend):
+        raise TypeError(f"backend must be None, a torch.compile backend name or a callable, got {backend!r}")
     if mode not in COMPILE_MODES:
         raise ValueError(f"mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
     backend = backend or os.environ.get(BACKEND_VARIABLE) or "inductor"

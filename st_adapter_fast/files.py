@@ -15,6 +15,8 @@ _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (code
 def check_regular_file(path, what="file"):
     """`path` as a str if it is a regular file (or a link to one); FileNotFoundError if there is nothing there,
     ValueError if it is something else (a folder, a FIFO, a device, a socket), naming `what` and the path."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{what} must be a file path (str or os.PathLike), got {type(path).__name__} {path!r}")
     path = os.fspath(path)
     try:
         mode = os.stat(path).st_mode

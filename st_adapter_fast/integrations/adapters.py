@@ -180,6 +180,9 @@ def add_st_adapters(model, adapter_channels=384, kernel_size=(3, 1, 1), placemen
         raise TypeError(f"freeze must be a bool, got {freeze!r}")
     blocks = kind.blocks(model)
     indices = _layer_indices(len(blocks), layers)
+    if not indices:   # nothing would train, and freeze would still freeze the whole model
+        raise ValueError(f"layers={layers!r} selects no block of the model's {len(blocks)}: name at least one"
+                         if blocks else f"the {type(model).__name__} has no blocks to put adapters in")
     for i in indices:
         _check_block(blocks[i], i, settings["placement"])
     conv, prefix_tokens = kind.patch_conv(model), kind.num_prefix_tokens(model)

@@ -102,6 +102,11 @@ def load_authors_checkpoint(classifier, state_dict, prefix="", strict_architectu
                         f"{type(state_dict).__name__}")
     if not isinstance(prefix, str):
         raise TypeError(f"prefix must be a str, got {prefix!r}")
+    if not isinstance(strict_architecture, bool):
+        raise TypeError(f"strict_architecture must be True or False, got {strict_architecture!r}")
+    bad = next((k for k in state_dict if not isinstance(k, str)), None)
+    if bad is not None:
+        raise TypeError(f"{source}: state dict keys must be str, got {type(bad).__name__} {bad!r}")
     problems = _architecture_problems(classifier, layout)
     if problems:
         message = "this classifier is not the authors' model: " + "; ".join(problems)

@@ -13,6 +13,7 @@ import os
 import torch
 from torch import nn
 
+from ..files import check_regular_file
 from ..validation import as_int
 from .adapters import add_st_adapters, has_st_adapters, set_num_frames
 from .backbones import (BACKBONE_TYPES, absolute_spec, backbone_key, backbone_type, check_model_name,
@@ -21,6 +22,15 @@ from .backbones import (BACKBONE_TYPES, absolute_spec, backbone_key, backbone_ty
 POOLINGS = ("mean_then_norm", "norm_then_mean")
 AUTHORS_POOLING = "mean_then_norm"
 BACKBONE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# timm.create_model arguments that would load other weights, leave weights uninitialised or put the model on
+# another device or dtype than the classifier's: what to use instead.
+FORBIDDEN_MODEL_KWARGS = {
+    "pretrained": "pass local weights as checkpoint_path (nothing is downloaded)",
+    "pretrained_cfg": "pass local weights as checkpoint_path", "pretrained_cfg_overlay": "pass local weights as "
+    "checkpoint_path", "checkpoint_path": "pass it as checkpoint_path, not inside model_kwargs",
+    "cache_dir": "pass local weights as checkpoint_path", "device": "move the classifier with .to(device)",
+    "dtype": "use backbone_dtype (adapters and head stay float32)",
+    "features_only": "ST-Adapters need the whole VisionTransformer"}
 
 
 class _TemporalMean:
@@ -127,6 +137,9 @@ class VideoClassifier(nn.Module):
         if not video.is_floating_point():
             raise TypeError(f"video must be a floating-point tensor (normalised pixel values), got {video.dtype}: "
                             "convert it, e.g. video.float() / 255 and the backbone's mean/std")
+        if video.device != conv.weight.device:
+            raise ValueError(f"video is on {video.device} but the classifier is on {conv.weight.device}: move one of "
+                             f"them (video.to({str(conv.weight.device)!r}) or classifier.to(...))")
         kind.library.check_image_size(self.backbone, video.shape[-2:])
         return video.to(conv.weight.dtype) if conv.weight.is_floating_point() else video
 
@@ -166,6 +179,21 @@ def check_backbone_dtype(dtype):
     return None if dtype == torch.float32 else dtype
 
 
+def check_model_kwargs(model_kwargs, where="model_kwargs"):
+    """ValueError naming `where` and the key if `model_kwargs` (for timm.create_model) would load other weights,
+    leave them uninitialised or choose a device or dtype (FORBIDDEN_MODEL_KWARGS says what to use instead);
+    TypeError if it is not a dict with str keys."""
+    if not isinstance(model_kwargs, dict) or not all(isinstance(k, str) for k in model_kwargs):
+        raise TypeError(f"{where} must be a dict of str keys (the backbone's arguments) or None, got {model_kwargs!r}")
+    for key, instead in FORBIDDEN_MODEL_KWARGS.items():
+        if key in model_kwargs:
+            raise ValueError(f"{where}: {key!r} is not allowed (it would choose the backbone's weights, device or "
+                             f"form behind the classifier's back): {instead}")
+    if model_kwargs.get("weight_init") == "skip":
+        raise ValueError(f"{where}: weight_init 'skip' leaves the backbone's weights uninitialised: pass "
+                         "checkpoint_path to load weights")
+
+
 def build_video_classifier(model_name, num_classes, *, num_frames=8, adapter_channels=384, kernel_size=(3, 1, 1),
                            placement=("mlp",), layers=None, activation="gelu", backend="auto", checkpoint_path=None,
                            dropout=0.5, backbone_dtype=None, pooling=AUTHORS_POOLING, model_kwargs=None, seed=None):
@@ -199,12 +227,12 @@ def build_video_classifier(model_name, num_classes, *, num_frames=8, adapter_cha
     check_dropout(dropout)
     check_backbone_dtype(backbone_dtype)
     check_pooling(pooling)
-    if model_kwargs is not None and not isinstance(model_kwargs, dict):
-        raise TypeError(f"model_kwargs must be a dict or None, got {type(model_kwargs).__name__}")
+    if model_kwargs is not None:
+        check_model_kwargs(model_kwargs)
     if seed is not None:
         as_int("seed", seed, 0)
-    if checkpoint_path is not None and not os.path.isfile(checkpoint_path):
-        raise FileNotFoundError(f"checkpoint_path {checkpoint_path} is not a file")
+    if checkpoint_path is not None:
+        check_regular_file(checkpoint_path, "checkpoint_path")
     adapter_arguments = dict(adapter_channels=adapter_channels, kernel_size=kernel_size, placement=placement,
                              layers=layers, activation=activation, backend=backend)
     arguments = dict(model_name=absolute_spec(model_name), num_classes=num_classes, num_frames=num_frames,

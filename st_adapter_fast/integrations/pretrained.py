@@ -20,7 +20,7 @@ import torch
 from ..checkpoint import CLASSIFIER_KEY, CONFIG_NAME, load_adapters, read_adapter_config
 from ..files import check_regular_file
 from .authors import load_authors_checkpoint
-from .classifier import build_video_classifier
+from .classifier import build_video_classifier, check_model_kwargs  # noqa: F401 (the record's check, here too)
 
 # Callables folder -> build_video_classifier arguments, or None when the folder is not theirs; asked in order
 # when adapter_config.json records no build arguments.
@@ -28,15 +28,7 @@ _FOLDER_READERS = []
 # Where a recorded model's backbone weights came from: local files, not rebuilt unless given again.
 WEIGHT_SOURCES = ("checkpoint_path", "authors_checkpoint")
 BACKBONE_DTYPES = ("float32", "float16", "bfloat16", "float64")
-# timm.create_model arguments that would load other weights, leave weights uninitialised or put the model on
-# another device or dtype than the classifier's: what to use instead.
-FORBIDDEN_MODEL_KWARGS = {
-    "pretrained": "pass local weights as checkpoint_path (nothing is downloaded)",
-    "pretrained_cfg": "pass local weights as checkpoint_path", "pretrained_cfg_overlay": "pass local weights as "
-    "checkpoint_path", "checkpoint_path": "pass it as checkpoint_path, not inside model_kwargs",
-    "cache_dir": "pass local weights as checkpoint_path", "device": "move the classifier with .to(device)",
-    "dtype": "use backbone_dtype (adapters and head stay float32)",
-    "features_only": "ST-Adapters need the whole VisionTransformer"}
+
 
 
 def register_folder_reader(reader):
@@ -94,8 +86,8 @@ def from_pretrained(path, checkpoint_path=None, *, authors_checkpoint=None, **ov
 def recorded_arguments(path):
     """build_video_classifier's arguments (and the weight sources, `WEIGHT_SOURCES`) recorded in `path`: by
     save_adapters, else by a registered reader; checked against the schema (ValueError naming the file and key)."""
-    path = os.fspath(path)
     config = read_adapter_config(path)
+    path = os.fspath(path)
     record, where = config.get(CLASSIFIER_KEY), f"{os.path.join(path, CONFIG_NAME)}: {CLASSIFIER_KEY}"
     for reader in _FOLDER_READERS if record is None else ():
         record, where = reader(path), f"the build arguments read from {path}"
@@ -181,15 +173,3 @@ def check_build_arguments(arguments, where, required=False, kind=ValueError):
             raise ValueError(f"{where}: {key} must be {expected}, got {value!r}")
     if arguments.get("model_kwargs"):
         check_model_kwargs(arguments["model_kwargs"], f"{where}: model_kwargs")
-
-
-def check_model_kwargs(model_kwargs, where="model_kwargs"):
-    """ValueError naming `where` and the key if `model_kwargs` (for timm.create_model) would load other weights,
-    leave them uninitialised or choose a device or dtype (FORBIDDEN_MODEL_KWARGS says what to use instead)."""
-    for key, instead in FORBIDDEN_MODEL_KWARGS.items():
-        if key in model_kwargs:
-            raise ValueError(f"{where}: {key!r} is not allowed (it would choose the backbone's weights, device or "
-                             f"form behind the classifier's back): {instead}")
-    if model_kwargs.get("weight_init") == "skip":
-        raise ValueError(f"{where}: weight_init 'skip' leaves the backbone's weights uninitialised: pass "
-                         "checkpoint_path to load weights")
