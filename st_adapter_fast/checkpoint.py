@@ -163,10 +163,12 @@ def load_adapters(model, path):
     and dtypes that adapter_config.json lists, a floating-point dtype (cast to the parameter's on copy) and
     finite values. Everything is checked before anything is copied: on an error the model is untouched.
     Raises ValueError / TypeError naming the file and, for a tensor, its name; only regular files are read."""
+    model = unwrapped(model)
+    ours = json.loads(json.dumps(adapter_config(model)))   # as read from JSON
     config = read_adapter_config(path)
-    path, model = os.fspath(path), unwrapped(model)
+    path = os.fspath(path)
     config_file, weights_file = os.path.join(path, CONFIG_NAME), os.path.join(path, WEIGHTS_NAME)
-    saved, ours = config["st_adapter_config"], json.loads(json.dumps(adapter_config(model)))   # as read from JSON
+    saved = config["st_adapter_config"]
     if saved != ours:
         diff = {k: (saved.get(k), ours.get(k)) for k in sorted(set(saved) | set(ours)) if saved.get(k) != ours.get(k)}
         raise ValueError(f"{config_file}: adapter configuration differs from the model's (saved, model): {diff}")

@@ -46,6 +46,10 @@ def assert_unchanged(model, before):
     (dict(activation="relu"), ValueError, "activation"),
     (dict(backend="gpu"), ValueError, "backend"),
     (dict(freeze="yes"), TypeError, "freeze"),
+    (dict(layers=[]), ValueError, "layers=.*selects no block"),   # it froze the whole model and added nothing
+    (dict(kernel_size=None), TypeError, "kernel_size"),
+    (dict(kernel_size=True), TypeError, "kernel_size"),
+    (dict(kernel_size=(3, 1)), ValueError, "kernel_size"),
 ])
 def test_add_st_adapters_checks_every_argument_before_touching_the_model(kwargs, error, match):
     model = tiny_vit()
@@ -126,6 +130,19 @@ def test_video_classifier_checks_its_arguments_before_changing_the_backbone(kwar
     (dict(checkpoint_path="nope.safetensors"), FileNotFoundError, "checkpoint_path"),
     (dict(adapter_channels=0), ValueError, "adapter_channels"),
     (dict(placement="ffn"), ValueError, "placement"),
+    (dict(layers=[]), ValueError, "layers"),
+    (dict(checkpoint_path=5), TypeError, "checkpoint_path"),
+    (dict(checkpoint_path="."), ValueError, "checkpoint_path . is a folder"),
+    # what the record of a saved classifier may not hold, refused for a direct call too
+    (dict(model_kwargs=dict(TINY, device="meta")), ValueError, "model_kwargs: 'device' is not allowed"),
+    (dict(model_kwargs=dict(TINY, dtype=torch.float16)), ValueError, "model_kwargs: 'dtype' is not allowed"),
+    (dict(model_kwargs=dict(TINY, pretrained=True)), ValueError, "model_kwargs: 'pretrained' is not allowed"),
+    (dict(model_kwargs=dict(TINY, checkpoint_path="w.pth")), ValueError, "'checkpoint_path' is not allowed"),
+    (dict(model_kwargs={1: 2}), TypeError, "model_kwargs"),
+    # values timm itself fails on deep inside (ZeroDivisionError, AssertionError)
+    (dict(model_kwargs=dict(TINY, patch_size=0)), ValueError, "cannot be created.*check model_kwargs"),
+    (dict(model_kwargs=dict(TINY, class_token=False)), ValueError, "cannot be created.*check model_kwargs"),
+    (dict(model_kwargs=dict(TINY, depth=0)), ValueError, "no blocks"),
 ])
 def test_build_video_classifier_names_the_argument(kwargs, error, match):
     arguments = dict(model_name="vit_tiny_patch16_224", num_classes=5, num_frames=2, adapter_channels=8,
@@ -165,3 +182,40 @@ def test_integer_video_is_refused_and_half_precision_video_is_taken():
 def test_frames_of_another_size_are_refused_where_the_model_takes_one_size():
     with pytest.raises(ValueError, match=r"takes \(32, 32\) frames, got \(48, 48\).*dynamic_img_size"):
         classifier()(torch.randn(1, 3, 2, 48, 48))
+
+
+def test_a_video_on_another_device_is_refused_naming_both():
+    with pytest.raises(ValueError, match="video is on meta but the classifier is on cpu"):
+        classifier()(torch.randn(1, 3, 2, 32, 32, device="meta"))
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(grid_size=(4,)), ValueError, "grid_size"),
+    (dict(grid_size=(0, 4)), ValueError, "grid_size"),
+    (dict(grid_size=(2.5, 2)), TypeError, "grid_size"),
+    (dict(grid_size=4), ValueError, "grid_size"),
+    (dict(kernel_size=(True, 1, 1)), TypeError, "kernel_size"),
+    (dict(kernel_size=None), TypeError, "kernel_size"),
+])
+def test_adapter_constructor_checks_grid_and_kernel_size(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        saf.STAdapter(16, 8, **kwargs)
+
+
+def test_authors_checkpoint_files_that_are_not_checkpoints_are_refused_naming_the_file(tmp_path):
+    from st_adapter_fast.integrations.authors import load_authors_checkpoint
+    model = saf.build_video_classifier("vit_base_patch16_clip_quickgelu_224", 5, num_frames=2, adapter_channels=8,
+                                       activation=None, model_kwargs=dict(TINY, embed_dim=32, num_heads=2), seed=0)
+    before = snapshot(model)
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint" * 8)
+    (tmp_path / "garbage.safetensors").write_bytes(b"not a checkpoint" * 8)
+    for name in ("garbage.pth", "garbage.safetensors"):
+        with pytest.raises(ValueError, match=f"{name}: not a readable"):
+            load_authors_checkpoint(model, tmp_path / name)
+    with pytest.raises(ValueError, match="checkpoint file .* is a folder"):
+        load_authors_checkpoint(model, tmp_path)
+    with pytest.raises(TypeError, match="keys must be str"):
+        load_authors_checkpoint(model, {1: torch.zeros(1)})
+    with pytest.raises(TypeError, match="strict_architecture"):
+        load_authors_checkpoint(model, {}, strict_architecture="no")
+    assert_unchanged(model, before)

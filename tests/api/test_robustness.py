@@ -169,6 +169,62 @@ def test_a_path_that_is_not_a_path_is_a_type_error_naming_it():
         saf.save_adapters(classifier(), 3)
 
 
+@pytest.mark.parametrize("bad, match", [
+    (dict(fc2_weight=torch.zeros(16, 4)), "fc2.weight has shape"),          # the last key: fc1 would be copied
+    (dict(fc2_bias=torch.zeros(16, dtype=torch.long)), "fc2.bias has dtype torch.int64"),
+    (dict(fc2_bias=torch.full((16,), float("nan"))), "fc2.bias holds non-finite"),
+    (dict(fc2_bias=torch.zeros(16, device="meta")), "fc2.bias is on the meta device"),
+    (dict(extra=torch.zeros(1)), "unexpected extra"),
+    (dict(fc2_bias=None), "missing fc2.bias"),
+], ids=["shape", "int", "nan", "meta", "unexpected", "missing"])
+def test_adapter_load_state_dict_checks_everything_before_the_first_copy(bad, match):
+    source = perturbed_adapter()
+    given = dict(source.state_dict())
+    for key, value in bad.items():
+        key = key.replace("_", ".") if key != "extra" else key
+        given.pop(key) if value is None else given.__setitem__(key, value)
+    for cls in (saf.STAdapter, saf.STAdapterReference):
+        adapter = cls(16, 8)
+        before = state(adapter)
+        with pytest.raises(ValueError, match=match):
+            adapter.load_state_dict(given)
+        assert_same_state(before, adapter)
+    assert saf.STAdapter(16, 8).load_state_dict({k: v.half() for k, v in source.state_dict().items()}) is not None
+
+
+def perturbed_adapter():
+    adapter = saf.STAdapterReference(16, 8)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.normal_()
+    return adapter
+
+
+def test_a_compiled_or_wrapped_model_saves_and_loads_under_the_models_own_names(tmp_path):
+    model = perturbed(classifier())
+    saf.save_adapters(torch.compile(model), tmp_path / "compiled")
+    saf.save_adapters(saf.compile_model(model), tmp_path / "compile_model")
+    for folder in ("compiled", "compile_model"):
+        loaded = saf.from_pretrained(tmp_path / folder)
+        assert torch.equal(loaded.head.weight, model.head.weight)
+    target = classifier()
+    saf.load_adapters(torch.compile(target), tmp_path / "compiled")
+    assert torch.equal(target.head.weight, model.head.weight)
+
+
+def test_a_format_version_of_another_type_is_refused(saved):
+    edit_config(saved, lambda c: c.update(format_version=True))
+    assert_load_refused_model_untouched(saved, "unknown adapter checkpoint format True")
+
+
+def test_a_model_that_is_not_a_module_is_a_type_error():
+    for call in (lambda: saf.save_adapters(None, "x"), lambda: saf.load_adapters("model", "x"),
+                 lambda: saf.adapter_config(None), lambda: saf.parameter_report(None), lambda: saf.convert(None),
+                 lambda: saf.compile_model(None)):
+        with pytest.raises(TypeError, match="Module"):
+            call()
+
+
 # ------------------------------------------------------------------- hangs: only regular files are read
 
 @pytest.mark.parametrize("name", [CONFIG_NAME, WEIGHTS_NAME])
@@ -282,6 +338,36 @@ UNPROVABLE = {
 }
 
 
+class FunctionalGelu(AuthorsAdapter):
+    """The authors' structure, but a GELU in the forward: no child module shows it."""
+
+    def forward(self, x, frames):
+        self.act = nn.GELU()
+        try:
+            return AuthorsAdapter.forward(self, x, frames)
+        finally:
+            del self.act
+
+
+class NoResidual(AuthorsAdapter):
+    def forward(self, x, frames):
+        return self.fc2(self.fc1(x))
+
+
+class StoredFrames(AuthorsAdapter):
+    """Called as adapter(x): an STAdapter in its place would fail at the first call."""
+
+    def forward(self, x):
+        return AuthorsAdapter.forward(self, x, 3)
+
+
+UNPROVABLE.update({
+    "functional GELU": (FunctionalGelu, "computes something else"),
+    "no residual": (NoResidual, "computes something else"),
+    "another call signature": (StoredFrames, r"cannot be run as adapter\(x, num_frames\)"),
+})
+
+
 @pytest.mark.parametrize("case", sorted(UNPROVABLE))
 def test_convert_leaves_an_adapter_it_cannot_prove_equal_and_says_why(case):
     make, reason = UNPROVABLE[case]
@@ -295,6 +381,20 @@ def test_convert_leaves_an_adapter_it_cannot_prove_equal_and_says_why(case):
         report = saf.convert(model)
     assert report == 1 and report.converted == ["swapped"] and list(report.skipped) == ["kept"]
     assert model["kept"] is kept and isinstance(model["swapped"], saf.STAdapter)
+
+
+def test_convert_says_it_does_not_replace_the_model_itself():
+    adapter = saf.STAdapterReference(16, 8)
+    with pytest.warns(UserWarning, match="not that model itself"):
+        report = saf.convert(adapter)
+    assert report == 0 and list(report.skipped) == [""]
+
+
+def test_convert_swaps_a_shared_adapter_under_every_name_and_keeps_it_shared():
+    shared = saf.STAdapterReference(16, 8)
+    model = nn.ModuleDict(dict(a=shared, b=shared))
+    assert saf.convert(model) == 1
+    assert isinstance(model["a"], saf.STAdapter) and model["a"] is model["b"]
 
 
 def test_convert_swaps_the_authors_adapter_for_the_same_function():
