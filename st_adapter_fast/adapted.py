@@ -3,7 +3,9 @@ integrations that add adapters to model families.
 
 The contract: the module that an integration adapted carries `st_adapter_config`, a JSON-able dict of the
 adapters' configuration (channels, kernel size, placement, layers, ...); a module whose own parameters are
-saved with the adapters (a classifier's head) names those children in `checkpoint_children`. Nothing here
+saved with the adapters (a classifier's head) names those children in `checkpoint_children`; a module that can
+say how it was built has `build_record()` (JSON-able arguments) and names in `record_identity_keys` those
+that decide what it computes, which load_adapters requires a folder's record to agree on. Nothing here
 knows any model library.
 """
 from torch import nn

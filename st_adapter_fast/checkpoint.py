@@ -157,12 +157,16 @@ def read_adapter_config(path):
     return config
 
 
-def load_adapters(model, path):
+def load_adapters(model, path, *, overridden=()):
     """Load what `save_adapters` wrote into `model`, strictly: the adapter configuration must equal the
     model's, and the saved tensors must be exactly the model's checkpoint parameters, with the names, shapes
     and dtypes that adapter_config.json lists, a floating-point dtype (cast to the parameter's on copy) and
-    finite values. Everything is checked before anything is copied: on an error the model is untouched.
-    Raises ValueError / TypeError naming the file and, for a tensor, its name; only regular files are read."""
+    finite values. A model that records how it was built (a classifier from build_video_classifier) must have
+    been built as the folder's record says in what decides the function it computes (its
+    `record_identity_keys`: model spec and kwargs, classes, pooling), but for the arguments named in
+    `overridden` (from_pretrained's overrides). Everything is checked before anything is copied: on an error
+    the model is untouched. Raises ValueError / TypeError naming the file and, for a tensor or a recorded
+    argument, its name; only regular files are read."""
     model = unwrapped(model)
     ours = json.loads(json.dumps(adapter_config(model)))   # as read from JSON
     config = read_adapter_config(path)
@@ -172,6 +176,7 @@ def load_adapters(model, path):
     if saved != ours:
         diff = {k: (saved.get(k), ours.get(k)) for k in sorted(set(saved) | set(ours)) if saved.get(k) != ours.get(k)}
         raise ValueError(f"{config_file}: adapter configuration differs from the model's (saved, model): {diff}")
+    _check_record(model, config.get(CLASSIFIER_KEY), config_file, overridden)
     tensors = _read_weights(weights_file)
     params = checkpoint_parameters(model)
     _check_values(params, "load_adapters: the model's", "nothing was loaded", finite=False)
@@ -194,6 +199,24 @@ def load_adapters(model, path):
         for name, t in converted.items():
             params[name].copy_(t)
     return model
+
+
+def _check_record(model, saved, config_file, overridden):
+    """ValueError unless `model`, if it records how it was built, was built as the folder's record `saved` says
+    in the arguments it names in `record_identity_keys` (but for those `overridden`)."""
+    build_record = getattr(model, "build_record", None)
+    ours = build_record() if saved is not None and build_record is not None else None
+    if ours is None:
+        return
+    try:
+        ours = json.loads(json.dumps(ours))   # as read from JSON
+    except (TypeError, ValueError):
+        return   # save_adapters would not have recorded it either
+    keys = [k for k in getattr(model, "record_identity_keys", ()) if k not in overridden and k in ours]
+    diff = {k: (saved.get(k), ours[k]) for k in keys if saved.get(k) != ours[k]}
+    if diff:
+        raise ValueError(f"{config_file}: {CLASSIFIER_KEY} records another model than the one given (saved, model): "
+                         f"{diff}; build the model as recorded (from_pretrained does) or save it again")
 
 
 def _read_weights(weights_file):

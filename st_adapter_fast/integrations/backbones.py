@@ -143,7 +143,13 @@ def create_backbone(spec, **kwargs):
     library (timm.create_model's arguments, a transformers config's fields, an open_clip vision_cfg's fields;
     `img_size` works for all three). TypeError if it is not a supported backbone (an open_clip ResNet, say)."""
     library, name = split_spec(spec)
-    model = library.create(name, **kwargs)
+    try:
+        model = library.create(name, **kwargs)
+    except (TypeError, ValueError, ImportError):   # the libraries' checks name what is wrong
+        raise
+    except Exception as error:   # a value the library fails on deep inside (patch_size=0: ZeroDivisionError, ...)
+        raise ValueError(f"{spec} cannot be created with {kwargs}: {type(error).__name__}: {error or 'no message'} "
+                         "(check model_kwargs)") from None
     backbone_type(model)
     return model
 

@@ -78,6 +78,9 @@ class VideoClassifier(nn.Module):
     """
 
     checkpoint_children = ("head",)   # saved with the adapters by save_adapters (see adapted.py)
+    # build_record() arguments that decide the function computed, which load_adapters requires a folder's record
+    # to agree on (how it runs, the frame count and where the backbone's weights came from may differ)
+    record_identity_keys = ("model_name", "model_kwargs", "num_classes", "pooling")
 
     def __init__(self, backbone, num_classes, dropout=0.5, backbone_dtype=None, pooling=AUTHORS_POOLING):
         super().__init__()

@@ -80,7 +80,7 @@ def from_pretrained(path, checkpoint_path=None, *, authors_checkpoint=None, **ov
                           f"cannot be built: {error}") from None
     if authors_checkpoint is not None:
         load_authors_checkpoint(model, authors_checkpoint)
-    return load_adapters(model, path).eval()
+    return load_adapters(model, path, overridden=tuple(overrides)).eval()
 
 
 def recorded_arguments(path):

@@ -219,3 +219,11 @@ def test_authors_checkpoint_files_that_are_not_checkpoints_are_refused_naming_th
     with pytest.raises(TypeError, match="strict_architecture"):
         load_authors_checkpoint(model, {}, strict_architecture="no")
     assert_unchanged(model, before)
+
+
+def test_a_backbone_a_library_fails_to_build_is_a_value_error_naming_model_kwargs():
+    pytest.importorskip("transformers")
+    kwargs = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                  patch_size=0)   # transformers divides by it: ZeroDivisionError deep inside
+    with pytest.raises(ValueError, match="hf:clip cannot be created .*ZeroDivisionError.*check model_kwargs"):
+        saf.build_video_classifier("hf:clip", 5, num_frames=2, adapter_channels=8, model_kwargs=kwargs)

@@ -225,6 +225,27 @@ def test_a_model_that_is_not_a_module_is_a_type_error():
             call()
 
 
+def test_load_adapters_refuses_a_model_built_otherwise_than_the_folders_record(saved):
+    """The tensors fit, but the record says another model: another pooling computes another function."""
+    assert_load_refused_model_untouched_by(classifier(pooling="norm_then_mean"), saved, r"records another model.*pooling")
+    assert_load_refused_model_untouched_by(classifier(model_kwargs=dict(TINY, qkv_bias=False)), saved, "model_kwargs")
+    edit_config(saved, lambda c: c["video_classifier"].update(num_classes=5))   # a record edited by hand
+    assert_load_refused_model_untouched_by(classifier(), saved, r"num_classes.*\(5, 3\)")
+
+
+def test_how_a_model_runs_may_differ_from_the_record_and_overrides_are_the_callers_choice(saved):
+    saf.load_adapters(classifier(backend="reference", num_frames=4, dropout=0.2, seed=3), saved)
+    model = saf.from_pretrained(saved, pooling="norm_then_mean")
+    assert model.pooling == "norm_then_mean"
+
+
+def assert_load_refused_model_untouched_by(model, folder, match):
+    before = state(model)
+    with pytest.raises(ValueError, match=match):
+        saf.load_adapters(model, folder)
+    assert_same_state(before, model)
+
+
 # ------------------------------------------------------------------- hangs: only regular files are read
 
 @pytest.mark.parametrize("name", [CONFIG_NAME, WEIGHTS_NAME])

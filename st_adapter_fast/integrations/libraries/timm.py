@@ -30,9 +30,6 @@ def create_timm_model(name, **kwargs):
     except TypeError as error:   # an argument the model does not take (img_size: not a ViT)
         raise TypeError(f"timm model {name!r} cannot be created with {kwargs} ({error}); ST-Adapters "
                         "need a timm VisionTransformer or Eva model") from None
-    except Exception as error:   # a value the model cannot take (patch_size=0, class_token=False with token pooling)
-        raise ValueError(f"timm model {name!r} cannot be created with {kwargs}: {type(error).__name__}: "
-                         f"{error or 'no message'} (check model_kwargs)") from None
 
 
 def checkpoint_state(model, path):
