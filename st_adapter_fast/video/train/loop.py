@@ -21,7 +21,7 @@ from ..store import is_store
 from ..transforms import normalize_clip
 from .checkpoints import CHECKPOINT_NAME, checkpoint_step, load_checkpoint, save_checkpoint
 from .config import TRAIN_CONFIG_NAME, absolute_paths, config_key, resolve_schedule
-from .distributed import all_reduce_sum, setup_distributed
+from .distributed import all_reduce_sum, check_device, setup_distributed
 from .evaluation import evaluate, format_metrics
 from .loader import iterate_batches, make_train_loader
 from .model import autocast, build_model, build_optimizer
@@ -102,14 +102,19 @@ def _seed_everything(seed):
 
 
 def check_can_train(config):
-    """ValueError naming what a training run needs and `config` lacks (train_list, num_classes), or a weights file
-    it names that is missing or not a regular file."""
+    """ValueError naming what a training run needs and `config` lacks (train_list, num_classes), a weights file
+    it names that is missing or not a regular file, a device this machine does not have, or a compile_mode
+    without compile (which would be ignored)."""
     missing = [config_key(name) for name in ("train_list", "num_classes") if getattr(config, name) is None]
     if missing:
         raise ValueError(f"train needs {' and '.join(missing)}")
     for name in ("backbone_checkpoint", "authors_checkpoint"):
         if getattr(config, name):
             check_regular_file(getattr(config, name), config_key(name))
+    check_device(config.device)
+    if config.compile_mode != "default" and not config.compile:
+        raise ValueError(f"{config_key('compile_mode')} {config.compile_mode} needs --compile (compile: true): "
+                         "without it nothing is compiled")
 
 
 def train(config):
@@ -125,7 +130,6 @@ def train(config):
     from ...report import parameter_report
     check_can_train(config)
     started = time.perf_counter()
-    _check_output_folders(config.output_dir)
     rank, world_size, device = setup_distributed(config.device)
     # the data first: a wrong list or root fails in seconds, before a model is built or a step is run
     loader, sampler = make_train_loader(config, rank, world_size, device)
@@ -134,6 +138,7 @@ def train(config):
     if config.val_list:
         read_video_list(config.val_list, config.data_root, config.num_classes)
     model = build_model(config).to(device)
+    _check_output_folders(config)   # only now: a run refused above leaves output_dir as it was
     _seed_everything(config.seed + rank)   # dropout differs between ranks, as with independent samples
     trained = compile_model(model, config.compile_mode) if config.compile else model
     if world_size > 1:   # DDP around the compiled model: dynamo cannot trace DDP's own forward as one graph
@@ -273,10 +278,12 @@ def _say(rank, message):
         tqdm.write(message)
 
 
-def _check_output_folders(output_dir):
-    """Before any work: output_dir is a folder this process can write in, and what a run writes there is
-    not in the way (adapters/ a folder, the others regular files: a FIFO would block), so that a long run
-    cannot fail at its end."""
+def _check_output_folders(config):
+    """Before any training: output_dir is a folder this process can write in, what a run writes there is not
+    in the way (adapters/ a folder, the others regular files: a FIFO would block), so that a long run cannot
+    fail at its end, and a resumed run has a checkpoint to resume from if an earlier run's results are there
+    (it would overwrite them)."""
+    output_dir = config.output_dir
     check_writable_folder(output_dir, config_key("output_dir"))
     for name in RUN_FILES:
         path = os.path.join(output_dir, name)
@@ -287,6 +294,12 @@ def _check_output_folders(output_dir):
     adapters = os.path.join(output_dir, ADAPTERS_NAME)
     if os.path.isdir(adapters):
         check_writable_folder(adapters, config_key("output_dir"))
+    results = [name + "/" * (name == ADAPTERS_NAME) for name in (ADAPTERS_NAME, METRICS_NAME)
+               if os.path.lexists(os.path.join(output_dir, name))]
+    if config.resume and results and not os.path.lexists(os.path.join(output_dir, CHECKPOINT_NAME)):
+        raise ValueError(f"{config_key('output_dir')} {output_dir} holds an earlier run's {' and '.join(results)} but "
+                         f"no {CHECKPOINT_NAME} to resume from: this run would overwrite them. Use another output_dir, "
+                         "or --no-resume to delete them and start over")
 
 
 class _Guard:

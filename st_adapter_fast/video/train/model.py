@@ -6,10 +6,14 @@ import os
 
 import torch
 
+from ...console import renamed_error
 from ...integrations.checkpointing import set_checkpointing
+from .config import config_key, field_key
 
 
 AMP_DTYPES = dict(bf16=torch.bfloat16, fp16=torch.float16)
+# build_video_classifier's arguments whose TrainConfig field has another name (classifier_arguments)
+_ARGUMENT_FIELDS = dict(model_name="model", checkpoint_path="backbone_checkpoint", layers="adapter_layers")
 
 
 def classifier_arguments(config):
@@ -66,7 +70,13 @@ def build_model(config):
     (not compiled: `train` compiles what it trains)."""
     from ...integrations.authors import load_authors_checkpoint
     from ...integrations.classifier import build_video_classifier
-    model = build_video_classifier(**classifier_arguments(config))
+    try:
+        model = build_video_classifier(**classifier_arguments(config))
+    except (ValueError, TypeError) as error:   # the API names its argument ("layers=[99]: ..."): name the flag
+        raise renamed_error(error, lambda name: field_key(_ARGUMENT_FIELDS.get(name, name))) from None
+    if not any(".st_adapter_" in name for name, _ in model.named_parameters()):
+        raise ValueError(f"{config_key('model')} {config.model} with {config_key('model_kwargs')} "
+                         f"{json.dumps(config.model_kwargs)} has no blocks to put adapters in")
     if config.authors_checkpoint:
         load_authors_checkpoint(model, config.authors_checkpoint)
         model.build_arguments["authors_checkpoint"] = os.path.abspath(config.authors_checkpoint)
