@@ -17,7 +17,7 @@ import json
 import os
 import time
 
-from ..console import nonnegative_int, positive_int
+from ..console import flag_namer, nonnegative_int, positive_int, renamed_error
 from ..files import check_writable_folder
 from .train import default_num_workers
 
@@ -67,12 +67,16 @@ def loader_clips_per_second(config, batches=60):
 def run(args):
     """Generate the data, measure the loader, train and evaluate both models, write demo.json and
     curves.png under args.out. Returns 0."""
-    from .synthetic import make_synthetic
+    from .synthetic import check_synthetic_arguments, make_synthetic
     from .train import train
     started = time.perf_counter()
     data_dir = os.path.join(args.out, "data")
     for linear_probe in (True, False):   # every value checked (TrainConfig's checks) before any work
         demo_config(args, data_dir, "check", linear_probe)
+    try:
+        check_synthetic_arguments(args.num_train, args.num_val, num_frames=16, size=32, seed=0)
+    except ValueError as error:
+        raise renamed_error(error, flag_namer("num_train", "num_val")) from None
     check_writable_folder(args.out, "--out")
     make_synthetic(data_dir, args.num_train, args.num_val, num_frames=16, size=32, seed=0, progress=True)
     generated = time.perf_counter()

@@ -101,7 +101,7 @@ def test_a_config_file_with_a_byte_order_mark_is_read(tmp_path):
     (["--size", "0"], "argument --size: must be >= 1, got 0"),
     (["--size", "31"], "size must be even"),
     (["--num-train", "-2"], "argument --num-train: must be >= 1"),
-    (["--num-val", "3"], "num_val must be even"),
+    (["--num-val", "3"], "--num-val must be even"),
     (["--seed", "-1"], "argument --seed: must be >= 0"),
     (["--num-frames", "many"], "argument --num-frames: expected an integer >= 1, got 'many'"),
 ])
