@@ -277,6 +277,9 @@ def folder_state(root):
     (["--lr", "1e300"], r"lr \(--lr\) must be a finite number"),
     (["--compile-mode", "max-autotune"], r"compile_mode \(--compile-mode\) max-autotune needs --compile"),
     (["--model-kwargs", '{"patch_size": 8, "depth": 0}'], r"model \(--model\) .* has no blocks to put adapters in"),
+    (["--input-size", "4"], r"input_size \(--input-size\) 4 cannot run through model \(--model\) vit_tiny"),
+    pytest.param(["--backend", "cuda"], r"backend \(--backend\) 'cuda' cannot run this input",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")),
 ])
 def test_model_and_device_flags_are_refused_before_output_dir_is_touched(flags, expected, data, tmp_path, capsys):
     new = tmp_path / "new"
@@ -412,3 +415,15 @@ def test_bench_data_that_reads_no_video_exits_non_zero(unreadable, tmp_path, cap
     assert re.search(r"2 of 2 videos of --data .*list.txt could not be read .*nothing to time",
                      one_error_line(capsys, code))
     assert not out.exists()
+
+
+def test_eval_of_a_run_folder_points_to_its_adapters_and_fp16_warns_nothing_of_torch(data, tmp_path, capsys):
+    # fp16 on the CPU: the GradScaler skips its first steps (inf gradients at its initial scale), and the
+    # schedule still advances, on purpose: torch's "lr_scheduler.step() before optimizer.step()" is noise
+    assert run_main(["train", *data_flags(data), *TINY, "--steps", "2", "--amp", "fp16",
+                     "--output-dir", str(tmp_path)]) == 0
+    assert "lr_scheduler" not in capsys.readouterr().err
+    code = run_main(["eval", str(tmp_path), "--num-workers", "0"])
+    assert f"is a run's output_dir: give {tmp_path / 'adapters'}" in one_error_line(capsys, code)
+    code = run_main(["eval", str(tmp_path / "metrics.json")])
+    assert "metrics.json is a file" in one_error_line(capsys, code)

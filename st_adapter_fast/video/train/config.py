@@ -368,6 +368,7 @@ BOOKKEEPING_FIELDS = {"num_workers", "output_dir", "save_every", "eval_every", "
 # What `eval` uses of a config besides the run's own (its flags).
 EVAL_FIELDS = ("val_list", "data_root", "eval_views", "eval_crops", "batch_size", "num_workers", "amp", "backend",
                "device", "progress")
+ADAPTERS_NAME = "adapters"   # the folder of a run's output_dir with its adapters (save_adapters)
 TRAIN_CONFIG_NAME = "train_config.json"   # a run's config, written beside its adapters (adapters/)
 # Paths that train_config.json stores absolute, so that eval works from any directory.
 _PATH_FIELDS = ("train_list", "val_list", "data_root", "backbone_checkpoint", "authors_checkpoint", "output_dir")

@@ -20,13 +20,13 @@ from ..data import SkipCounter, read_video_list
 from ..store import is_store
 from ..transforms import normalize_clip
 from .checkpoints import CHECKPOINT_NAME, checkpoint_step, load_checkpoint, save_checkpoint
-from .config import TRAIN_CONFIG_NAME, absolute_paths, config_key, resolve_schedule
+from .config import ADAPTERS_NAME, TRAIN_CONFIG_NAME, absolute_paths, config_key, resolve_schedule
 from .distributed import all_reduce_sum, check_device, setup_distributed
 from .evaluation import evaluate, format_metrics
 from .loader import iterate_batches, make_train_loader
-from .model import autocast, build_model, build_optimizer
+from .model import autocast, build_model, build_optimizer, check_model_runs
 
-LOG_NAME, METRICS_NAME, ADAPTERS_NAME = "log.jsonl", "metrics.json", "adapters"
+LOG_NAME, METRICS_NAME = "log.jsonl", "metrics.json"
 RUN_FILES = (CHECKPOINT_NAME, LOG_NAME, METRICS_NAME, ADAPTERS_NAME)   # what a run writes to output_dir
 # a logging interval (after the first, which includes the loader's start) that waits for data more than this
 # fraction of its time on an accelerator gets a warning: the device starves
@@ -74,7 +74,9 @@ def train_step(model, batches, optimizer, scheduler, scaler, config, device, ski
     else:
         optimizer.zero_grad(set_to_none=True)
         losses = [math.nan]
-    scheduler.step()
+    with warnings.catch_warnings():   # after a skipped step too, on purpose: torch's warning is not the user's concern
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        scheduler.step()
     return sum(losses) / len(losses), correct, clips
 
 
@@ -138,6 +140,7 @@ def train(config):
     if config.val_list:
         read_video_list(config.val_list, config.data_root, config.num_classes)
     model = build_model(config).to(device)
+    probed_dtype = check_model_runs(model, config, device)
     _check_output_folders(config)   # only now: a run refused above leaves output_dir as it was
     _seed_everything(config.seed + rank)   # dropout differs between ranks, as with independent samples
     trained = compile_model(model, config.compile_mode) if config.compile else model
@@ -163,7 +166,7 @@ def train(config):
                disable=rank != 0 or not config.progress)
     backbone_dtype = None   # what the backbone's Linear layers computed in, seen by hooks on the first step
     if config.compile:   # hooks would be traced into the compiled graph, and removing them would recompile it
-        backbone_dtype = log.backbone_compute_dtype = _backbone_dtype_on_one_clip(model, config, device)
+        backbone_dtype = log.backbone_compute_dtype = probed_dtype
     while position["step"] < last:
         with linear_compute_dtypes(model.backbone) if backbone_dtype is None else contextlib.nullcontext() as seen:
             loss, correct, clips = train_step(trained, batches, optimizer, scheduler, scaler, config, device, skips)
@@ -257,18 +260,6 @@ def _say_schedule(rank, config, num_videos):
                      "optimizer step / 256)")
     if parts:
         _say(rank, "; ".join(parts))
-
-
-def _backbone_dtype_on_one_clip(model, config, device):
-    """What the backbone's Linear layers compute in, seen by hooks on one eager forward of a clip of zeros, in
-    eval mode (no dropout: the RNG streams stay those of a run without it)."""
-    was_training = model.training
-    model.eval()
-    size = config.input_size
-    with torch.no_grad(), autocast(config, device), linear_compute_dtypes(model.backbone) as seen:
-        model(torch.zeros(1, 3, config.num_frames, size, size, device=device))
-    model.train(was_training)
-    return compute_dtype_name(seen)
 
 
 def _say(rank, message):
