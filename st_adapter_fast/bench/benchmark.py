@@ -460,12 +460,17 @@ def _run(args):
 
 
 def _check_output_options(args, out):
-    """Before any timing: the e2e variants asked for exist, and the results file can be written."""
+    """Before any timing: the e2e variants and the compile backend asked for exist, and the results file can be
+    written."""
     if getattr(args, "e2e_variants", None):
         from .e2e import VARIANTS
         unknown = sorted(set(args.e2e_variants) - set(VARIANTS))
         if unknown:
             raise ValueError(f"--e2e-variants: unknown {unknown}; known: {list(VARIANTS)}")
+    backend, known = getattr(args, "e2e_compile_backend", "inductor"), torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:
+        raise ValueError(f"--e2e-compile-backend: unknown torch.compile backend {backend!r}; known: "
+                         f"{', '.join(name for name in known if 'TESTING' not in name)}")
     if out:
         check_results_file(out, merged=True)
 

@@ -125,6 +125,8 @@ def test_make_synthetic_in_python_names_the_argument(tmp_path):
     (["bench", "--e2e-only", "--e2e-clips", "-1"], "argument --e2e-clips: must be >= 1"),
     (["bench", "--e2e-only", "--e2e-variants", "fastest"], "--e2e-variants: unknown ['fastest']"),
     (["bench", "--quick", "--out", "."], "--out . is a folder"),
+    (["bench", "--e2e-only", "--e2e-compile-backend", "inductr"], "--e2e-compile-backend: unknown torch.compile "
+                                                                  "backend 'inductr'; known: aot_eager,"),
     (["demo", "--steps", "0"], "argument --steps: must be >= 1"),
     (["demo", "--batch-size", "0"], "argument --batch-size: must be >= 1"),
     (["demo", "--num-workers", "-1"], "argument --num-workers: must be >= 0"),
