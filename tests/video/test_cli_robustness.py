@@ -131,6 +131,7 @@ def test_make_synthetic_in_python_names_the_argument(tmp_path):
     (["demo", "--batch-size", "0"], "argument --batch-size: must be >= 1"),
     (["demo", "--num-workers", "-1"], "argument --num-workers: must be >= 0"),
     (["demo", "--lr", "nan"], "lr (--lr) must be a finite number"),
+    (["demo", "--results", "/proc/none/curves"], "--results' folder /proc/none is not a writable folder"),
 ])
 def test_bench_and_demo_options_are_checked_before_any_work(args, expected, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
