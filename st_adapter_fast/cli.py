@@ -33,7 +33,11 @@ def build_parser():
                             "--data a list's clips (bench/data.py)")
     benchmark.add_arguments(b)
     data.add_arguments(b)
-    b.set_defaults(func=lambda args: (data.run(args) if args.data else benchmark.run(args)) and 0, needs=_bench_needs)
+
+    def bench(args):
+        data.check_mode_options(b, args)
+        return (data.run(args) if args.data else benchmark.run(args)) and 0
+    b.set_defaults(func=bench, needs=_bench_needs)
     add_video_commands(sub, common)
     return parser
 

@@ -3,6 +3,7 @@ warnings, and the check that a command's extra is installed. Imported by cli.py 
 commands (bench/, video/commands.py), so that none of them imports another."""
 import argparse
 import importlib.util
+import re
 import sys
 
 
@@ -39,6 +40,23 @@ def _int_at_least(minimum):
 
 # Argument types of integer options: argparse names the flag in their errors ("argument --size: must be >= 1").
 positive_int, nonnegative_int = _int_at_least(1), _int_at_least(0)
+
+
+def renamed_error(error, flag_of):
+    """`error` (a ValueError / TypeError of an API whose message starts with an argument's name, as in
+    "size must be even" or "layers=[99]: ...") naming that argument as `flag_of(name)` says (a flag, a config
+    key) instead; `error` itself when its message starts with no name `flag_of` knows (returns None for)."""
+    message = str(error)
+    match = re.match(r"(\w+)(?:(=)|(?=[\s:]|$))", message)
+    flag = flag_of(match.group(1)) if match else None
+    if flag is None:
+        return error
+    return type(error)(flag + (" " if match.group(2) else "") + message[match.end():])
+
+
+def flag_namer(*names):
+    """For renamed_error: the flag --x-y of an argument x_y (of those in `names`, if given)."""
+    return lambda name: "--" + name.replace("_", "-") if not names or name in names else None
 
 
 def print_error(message):

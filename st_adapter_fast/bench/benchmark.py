@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from ..activations import apply_activation
 from ..backends import available_on
 from ..console import positive_int
-from ..files import check_writable_folder
+from ..files import check_writable_folder, read_text, write_files
 from ..measure import saved_activation_bytes
 from ..ops import st_adapter
 from ..reference import st_adapter_reference
@@ -364,16 +364,13 @@ def write_results(path, result, quiet=False):
     """Write `result`, keeping rows of an existing file for (config, dtype, mode, impl) not measured now."""
     key = lambda r: (r.get("config"), r.get("dtype"), r.get("mode"), r.get("impl"))
     if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
+        old = _read_results(path)
         fresh = {key(r) for r in result["rows"]}
         kept = {k: v for k, v in old.items() if k not in result}   # e.g. the ceilings of an earlier microbenchmark run
         result = dict(kept, **result)
         result.update(rows=[r for r in old.get("rows", []) if key(r) not in fresh] + result["rows"],
                       e2e=_merged_e2e(old.get("e2e"), result.get("e2e")))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
+    write_files({path: json.dumps(result, indent=1)})   # atomic: an interrupted write keeps the previous file
     if not quiet:
         print(f"wrote {path}")
 
@@ -463,16 +460,43 @@ def _run(args):
 
 
 def _check_output_options(args, out):
-    """Before any timing: the e2e variants asked for exist, and the results file can be written."""
+    """Before any timing: the e2e variants and the compile backend asked for exist, and the results file can be
+    written."""
     if getattr(args, "e2e_variants", None):
         from .e2e import VARIANTS
         unknown = sorted(set(args.e2e_variants) - set(VARIANTS))
         if unknown:
             raise ValueError(f"--e2e-variants: unknown {unknown}; known: {list(VARIANTS)}")
+    backend, known = getattr(args, "e2e_compile_backend", "inductor"), torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:
+        raise ValueError(f"--e2e-compile-backend: unknown torch.compile backend {backend!r}; known: "
+                         f"{', '.join(name for name in known if 'TESTING' not in name)}")
     if out:
-        if os.path.isdir(out):
-            raise ValueError(f"--out {out} is a folder; name the JSON file to write")
-        check_writable_folder(os.path.dirname(os.path.abspath(out)), "--out's folder")
+        check_results_file(out, merged=True)
+
+
+def check_results_file(path, merged=False):
+    """Before any timing (a failure at the end would lose it all): `path` (--out) is a file that can be written,
+    in a writable folder, and, if the results are `merged` into it (write_results), an existing one is a
+    results file. ValueError / OSError naming --out otherwise."""
+    if os.path.isdir(path):
+        raise ValueError(f"--out {path} is a folder; name the JSON file to write")
+    check_writable_folder(os.path.dirname(os.path.abspath(path)), "--out's folder")
+    if merged and os.path.lexists(path):
+        _read_results(path)
+
+
+def _read_results(path):
+    """The results file `path` as a dict; ValueError naming --out if it is not one (not JSON, not an object)."""
+    text = read_text(path, "--out")
+    try:
+        results = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"--out {path}: not a results file (not valid JSON: {error}); name another file") from None
+    if not isinstance(results, dict):
+        raise ValueError(f"--out {path}: not a results file (a JSON {type(results).__name__}, not an object); name "
+                         "another file")
+    return results
 
 
 def e2e_goals_text(e2e):

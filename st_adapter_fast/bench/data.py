@@ -15,6 +15,8 @@ import time
 import numpy as np
 import torch
 
+from ..console import nonnegative_int, positive_int
+
 KINDS = {"k400": dict(codec="libx264", width=340, height=256, fps=30, seconds=10, suffix=".mp4"),
          "ssv2": dict(codec="libvpx-vp9", width=427, height=240, fps=12, seconds=4, suffix=".webm")}
 
@@ -104,28 +106,44 @@ def add_arguments(parser):
                                                          "evenly covering the video)")
     group.add_argument("--input-size", type=int, default=224, help="side of the square frames")
     group.add_argument("--eval", action="store_true", help="time eval clips (views x crops), not training clips")
-    group.add_argument("--clips", type=int, default=48, help="clips to time per core")
-    group.add_argument("--num-workers", type=int, nargs="*", default=[],
+    group.add_argument("--clips", type=positive_int, default=48, help="clips to time per core")
+    group.add_argument("--num-workers", type=nonnegative_int, nargs="*", default=[],
                        help="also time the training DataLoader with these numbers of worker processes")
+    parser.set_defaults(data_options=tuple(action.dest for action in group._group_actions))
+
+
+def check_mode_options(parser, args):
+    """A usage error (parser.error: exit 2) for an option of the other mode of `bench` than the one asked for:
+    the microbenchmark's options with --data, the data mode's without it. Either would be ignored."""
+    shared = {"help", "debug", "out", "progress", "data"}
+    wrong = [action.option_strings[0] for action in parser._actions
+             if action.option_strings and action.dest not in shared
+             and (action.dest in args.data_options) != bool(args.data)
+             and getattr(args, action.dest, action.default) != action.default]
+    if wrong:
+        parser.error(f"{', '.join(wrong)}: {'not' if args.data else 'only'} an option of the data mode (--data LIST)")
 
 
 def run(args):
     """The data mode of `st-adapter-fast bench`: prints clips/s per core (and per worker), writes --out."""
     import dataclasses
     import json
-    import os
 
+    from ..files import write_files
     from ..video.demo import loader_clips_per_second
     from ..video.store import is_store
     from ..video.train import TrainConfig
     from ..video.train.loader import make_dataset
+    from .benchmark import check_results_file
     given = {k: v for k, v in dict(recipe=args.recipe, num_frames=args.num_frames,
                                    sampling_rate=args.sampling_rate).items() if v is not None}
     config = TrainConfig(train_list=args.data, val_list=args.data, data_root=args.data_root,
                          input_size=args.input_size, batch_size=8, num_workers=0, **given)
+    if args.out:
+        check_results_file(args.out)
     dataset = make_dataset(config, train=not args.eval)
     source = "frame store" if is_store(args.data_root) else "video files"
-    seconds = cpu_seconds_per_item(dataset.__getitem__, dataset_keys(dataset, args.clips))
+    seconds = _readable_seconds(dataset, dataset_keys(dataset, args.clips), args.data)
     result = dict(list=args.data, data_root=args.data_root, source=source, mode="eval" if args.eval else "train",
                   recipe=args.recipe, num_frames=config.num_frames, sampling_rate=config.sampling_rate,
                   input_size=config.input_size, per_core=summarize(seconds), workers={},
@@ -140,7 +158,26 @@ def run(args):
         result["workers"][str(workers)] = dict(clips_per_s=rate, clips_per_s_per_worker=rate / max(workers, 1))
         print(f"DataLoader, {workers} workers: {rate:.1f} clips/s, {rate / max(workers, 1):.1f} per worker (wall)")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+        write_files({args.out: json.dumps(result, indent=1)})
     return result
+
+
+def _readable_seconds(dataset, keys, list_path):
+    """CPU seconds of each clip of `keys` that could be read; a warning naming the unreadable ones, and
+    ValueError if none could be (their failures are no measure of loading)."""
+    import warnings
+    failed = {}
+
+    def read(key):
+        item = dataset[key]
+        if item["clip"] is None:
+            failed[key] = f"{item['path']}: {item['error']}"
+
+    seconds = [s for key, s in zip(keys, cpu_seconds_per_item(read, keys)) if key not in failed]
+    if failed:
+        message = f"{len(failed)} of {len(set(keys))} videos of --data {list_path} could not be read (first: " \
+                  f"{next(iter(failed.values()))})"
+        if not seconds:
+            raise ValueError(message + ": nothing to time")
+        warnings.warn(message + "; their clips are not timed", stacklevel=2)
+    return seconds

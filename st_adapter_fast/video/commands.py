@@ -3,7 +3,8 @@
 import argparse
 import os
 
-from ..console import HelpFormatter, nonnegative_int, positive_int, print_error, print_warning
+from ..console import (HelpFormatter, flag_namer, nonnegative_int, positive_int, print_error, print_warning,
+                       renamed_error)
 
 # What the commands import beyond the kernel library (the [video] extra installs them; numpy is a core dependency).
 TRAIN_MODULES = ("av", "yaml", "tqdm", "timm")   # train and eval (yaml: config files and train_config.json)
@@ -92,9 +93,12 @@ def eval_command(args):
 
 def make_synthetic_command(args):
     """Write the synthetic temporal-order videos and list files."""
-    from .synthetic import make_synthetic
-    train_list, val_list = make_synthetic(args.out, args.num_train, args.num_val, num_frames=args.num_frames,
-                                          size=args.size, seed=args.seed, progress=True)
+    from .synthetic import SYNTHETIC_ARGUMENTS, make_synthetic
+    try:
+        train_list, val_list = make_synthetic(args.out, args.num_train, args.num_val, num_frames=args.num_frames,
+                                              size=args.size, seed=args.seed, progress=True)
+    except (ValueError, TypeError) as error:   # its message starts with the argument's name: name the flag
+        raise renamed_error(error, flag_namer(*SYNTHETIC_ARGUMENTS)) from None
     print(f"wrote {train_list} and {val_list}")
     return 0
 
@@ -107,8 +111,7 @@ def prepare_command(args):
         settings = StoreSettings(short_side=args.short_side, fps=args.fps, frames_per_video=args.frames_per_video,
                                  encoding=args.encoding, quality=args.quality, videos_per_shard=args.videos_per_shard)
     except ValueError as error:   # its message starts with the setting's name: name the flag
-        name = str(error).split()[0]
-        raise ValueError("--" + name.replace("_", "-") + str(error)[len(name):]) from None
+        raise renamed_error(error, flag_namer()) from None
     result = prepare_store(args.lists, args.data_root, args.out, settings, workers=args.num_workers,
                            progress=args.progress)
     print(f"prepared {result['out']}: {result['videos']} videos ({len(result['unreadable'])} unreadable), "
@@ -170,7 +173,7 @@ def add_video_commands(sub, common):
                    help="JPEG (small; decoded in batches by torchvision) or raw uint8 (fastest to read, large)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality, 1-100")
     p.add_argument("--videos-per-shard", type=int, default=32, help="videos per shard (the unit of resuming)")
-    p.add_argument("--num-workers", type=int, default=None,
+    p.add_argument("--num-workers", type=nonnegative_int, default=None,
                    help="processes decoding videos (default: the cores available; 0: this process)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="a progress bar")
     p.set_defaults(func=prepare_command, needs=lambda args: ("video", PREPARE_MODULES))

@@ -17,8 +17,8 @@ import json
 import os
 import time
 
-from ..console import nonnegative_int, positive_int
-from ..files import check_writable_folder
+from ..console import flag_namer, nonnegative_int, positive_int, renamed_error
+from ..files import check_writable_folder, write_files
 from .train import default_num_workers
 
 MODEL = dict(model="vit_tiny_patch16_224", model_kwargs=dict(patch_size=8, depth=4), input_size=32)
@@ -67,12 +67,18 @@ def loader_clips_per_second(config, batches=60):
 def run(args):
     """Generate the data, measure the loader, train and evaluate both models, write demo.json and
     curves.png under args.out. Returns 0."""
-    from .synthetic import make_synthetic
+    from .synthetic import check_synthetic_arguments, make_synthetic
     from .train import train
     started = time.perf_counter()
     data_dir = os.path.join(args.out, "data")
     for linear_probe in (True, False):   # every value checked (TrainConfig's checks) before any work
         demo_config(args, data_dir, "check", linear_probe)
+    try:
+        check_synthetic_arguments(args.num_train, args.num_val, num_frames=16, size=32, seed=0)
+    except ValueError as error:
+        raise renamed_error(error, flag_namer("num_train", "num_val")) from None
+    if args.results:   # checked now: it is written after minutes of training
+        check_writable_folder(os.path.dirname(args.results) or ".", "--results' folder")
     check_writable_folder(args.out, "--out")
     make_synthetic(data_dir, args.num_train, args.num_val, num_frames=16, size=32, seed=0, progress=True)
     generated = time.perf_counter()
@@ -104,11 +110,9 @@ def run(args):
 def _write(results, histories, args):
     import shutil
     json_path, plot_path = os.path.join(args.out, "demo.json"), os.path.join(args.out, "curves.png")
-    with open(json_path, "w") as f:
-        json.dump(dict(results, histories=histories), f, indent=1)
+    write_files({json_path: json.dumps(dict(results, histories=histories), indent=1)})
     plot_curves(histories, plot_path)
     if args.results:
-        os.makedirs(os.path.dirname(args.results) or ".", exist_ok=True)
         shutil.copy(json_path, args.results + ".json")
         shutil.copy(plot_path, args.results + ".png")
 

@@ -13,8 +13,8 @@ import torch
 from ..measure import one_torch_thread
 from .data import read_video_list, sample_frame_indices
 from .decode import decode_video
-from .store import (INDEX_FILE, SHARDS_DIR, STORE_FILE, STORE_FORMAT, StoreError, StoreSettings,
-                    quiet_torchvision_image_io, shard_path, write_json)
+from .store import (INDEX_FILE, SHARDS_DIR, STORE_FILE, STORE_FORMAT, StoreError, StoreSettings, is_store,
+                    quiet_torchvision_image_io, read_json, shard_path, write_json)
 
 
 def prepare_store(list_paths, root, out, settings=StoreSettings(), *, workers=None, progress=True):
@@ -25,6 +25,9 @@ def prepare_store(list_paths, root, out, settings=StoreSettings(), *, workers=No
     as decoding them would) and warned about. Returns a dict: out, videos, unreadable ({name: error}),
     shards, bytes (of the frames)."""
     from tqdm import tqdm
+    if is_store(root):
+        raise StoreError(f"{root} is a frame store: prepare reads the videos themselves; give their folder as root "
+                         "(--data-root)")
     named = {record.name: record.path for path in list_paths for record in read_video_list(path, root)}
     names = sorted(named.items())
     header = dict(format=STORE_FORMAT, settings=dataclasses.asdict(settings), videos=len(names),
@@ -46,6 +49,9 @@ def prepare_store(list_paths, root, out, settings=StoreSettings(), *, workers=No
     unreadable = {name: entry["error"] for name, entry in entries.items() if entry.get("error")}
     if unreadable:
         name, error = next(iter(unreadable.items()))
+        if len(unreadable) == len(entries):
+            raise StoreError(f"none of the {len(entries)} videos of {', '.join(list_paths)} could be decoded (first: "
+                             f"{name}: {error}): the store {out} holds no frames")
         warnings.warn(f"{len(unreadable)} of {len(entries)} videos could not be decoded and are stored as "
                       f"unreadable (first: {name}: {error})", stacklevel=2)
     stored = sum(os.path.getsize(shard_path(out, shard, ".bin")) for shard in range(len(tasks)))
@@ -65,9 +71,10 @@ def frame_indices(settings, count, source_fps):
 def _start_store(out, header):
     """Create the store `out` with `header`, or check that the one there was started with the same."""
     path = os.path.join(out, STORE_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise StoreError(f"{out} is a file, not a folder: give a new or empty directory for the store")
+    if os.path.lexists(path):
+        previous = read_json(path)
         if previous != header:
             settings, before = header["settings"], previous.get("settings", {})
             differ = sorted(k for k in set(settings) | set(before) if settings.get(k) != before.get(k))

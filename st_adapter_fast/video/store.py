@@ -65,8 +65,8 @@ class StoreSettings:
         for name in ("short_side", "frames_per_video", "videos_per_shard"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.fps is not None and not self.fps > 0:
-            raise ValueError(f"fps must be > 0, got {self.fps}")
+        if self.fps is not None and not 0 < self.fps < float("inf"):
+            raise ValueError(f"fps must be a finite number > 0, got {self.fps}")
         if not 1 <= self.quality <= 100:
             raise ValueError(f"quality must be in [1, 100], got {self.quality}")
 
@@ -78,16 +78,14 @@ class FrameStore:
     of the stored ones. Safe to use from DataLoader workers (files are opened in the process that reads)."""
 
     def __init__(self, root):
-        with open(os.path.join(root, STORE_FILE)) as f:
-            header = json.load(f)
+        header = read_json(os.path.join(root, STORE_FILE))
         if header.get("format") != STORE_FORMAT:
             raise StoreError(f"{root}: unknown store format {header.get('format')!r} (expected {STORE_FORMAT!r})")
         index = os.path.join(root, INDEX_FILE)
         if not os.path.isfile(index):
             raise StoreError(f"{root}: the store is incomplete (no {INDEX_FILE}): rerun the prepare command that "
                              "made it to finish it")
-        with open(index) as f:
-            self.videos = json.load(f)
+        self.videos = read_json(index)
         self.root, self.settings = root, StoreSettings(**header["settings"])
         self._files = {}
 
@@ -147,6 +145,20 @@ class FrameStore:
 def shard_path(root, shard, suffix):
     """The file of shard number `shard` with `suffix` (.bin, .npy, .json) in the store at `root`."""
     return os.path.join(root, SHARDS_DIR, f"{shard:05d}{suffix}")
+
+
+def read_json(path):
+    """The JSON object (a dict) of a store's file `path`; StoreError naming it if it is not one (damaged)."""
+    from ..files import read_text
+    try:
+        value = json.loads(read_text(path, "store file"))
+    except ValueError as error:
+        raise StoreError(f"{path}: not valid JSON ({error}): the store is damaged; delete it and rerun prepare") \
+            from None
+    if not isinstance(value, dict):
+        raise StoreError(f"{path}: a JSON {type(value).__name__}, not an object: the store is damaged; delete it "
+                         "and rerun prepare")
+    return value
 
 
 def write_json(path, value):

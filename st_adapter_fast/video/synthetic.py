@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from ..files import write_files
+from ..files import check_writable_folder, write_files
 from ..validation import as_int
 
 CLASS_NAMES = ("down", "up")
@@ -69,19 +69,35 @@ def write_video(path, frames, fps, codec, options=None):
             container.mux(packet)
 
 
+SYNTHETIC_ARGUMENTS = ("num_train", "num_val", "num_frames", "size", "seed")
+MAX_FRAMES, MAX_SIZE = 1024, 512   # a clip is rendered in memory: at most 0.8 GB
+
+
+def check_synthetic_arguments(num_train, num_val, num_frames, size, seed):
+    """make_synthetic's sizes and seed as a dict of ints; ValueError / TypeError naming a bad one."""
+    values = dict(num_train=as_int("num_train", num_train, 2), num_val=as_int("num_val", num_val, 2),
+                  num_frames=as_int("num_frames", num_frames, 1), size=as_int("size", size, 2),
+                  seed=as_int("seed", seed, 0))
+    for name, why in (("num_train", "pairs of a clip and its reversal"), ("num_val", "pairs of a clip and its "
+                      "reversal"), ("size", "yuv420p")):
+        if values[name] % 2:
+            raise ValueError(f"{name} must be even ({why}), got {values[name]}")
+    for name, maximum in (("num_frames", MAX_FRAMES), ("size", MAX_SIZE)):
+        if values[name] > maximum:
+            raise ValueError(f"{name} must be <= {maximum} (a clip is rendered in memory), got {values[name]}")
+    return values
+
+
 def make_synthetic(out_dir, num_train=200, num_val=100, *, num_frames=16, size=32, seed=0, progress=False):
     """Write `num_train` + `num_val` videos (even counts: pairs of a clip and its reversal) under
     `out_dir`/videos and the list files `out_dir`/train.txt and val.txt. Returns the two list paths.
     Every argument is checked before anything is written (ValueError / TypeError naming it)."""
-    num_train, num_val = as_int("num_train", num_train, 2), as_int("num_val", num_val, 2)
-    num_frames, size, seed = as_int("num_frames", num_frames, 1), as_int("size", size, 2), as_int("seed", seed, 0)
-    if num_train % 2 or num_val % 2:
-        raise ValueError(f"num_train and num_val must be even and >= 2 (pairs), got {num_train}, {num_val}")
-    if size % 2:
-        raise ValueError(f"size must be even (yuv420p), got {size}")
+    values = check_synthetic_arguments(num_train, num_val, num_frames, size, seed)
+    num_train, num_val, num_frames, size = (values[name] for name in ("num_train", "num_val", "num_frames", "size"))
     from tqdm import tqdm
+    check_writable_folder(out_dir, "out_dir")
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(values["seed"])
     lists = {}
     for split, count in (("train", num_train), ("val", num_val)):
         lines = []

@@ -101,7 +101,7 @@ def test_a_config_file_with_a_byte_order_mark_is_read(tmp_path):
     (["--size", "0"], "argument --size: must be >= 1, got 0"),
     (["--size", "31"], "size must be even"),
     (["--num-train", "-2"], "argument --num-train: must be >= 1"),
-    (["--num-val", "3"], "num_val must be even"),
+    (["--num-val", "3"], "--num-val must be even"),
     (["--seed", "-1"], "argument --seed: must be >= 0"),
     (["--num-frames", "many"], "argument --num-frames: expected an integer >= 1, got 'many'"),
 ])
@@ -125,10 +125,13 @@ def test_make_synthetic_in_python_names_the_argument(tmp_path):
     (["bench", "--e2e-only", "--e2e-clips", "-1"], "argument --e2e-clips: must be >= 1"),
     (["bench", "--e2e-only", "--e2e-variants", "fastest"], "--e2e-variants: unknown ['fastest']"),
     (["bench", "--quick", "--out", "."], "--out . is a folder"),
+    (["bench", "--e2e-only", "--e2e-compile-backend", "inductr"], "--e2e-compile-backend: unknown torch.compile "
+                                                                  "backend 'inductr'; known: aot_eager,"),
     (["demo", "--steps", "0"], "argument --steps: must be >= 1"),
     (["demo", "--batch-size", "0"], "argument --batch-size: must be >= 1"),
     (["demo", "--num-workers", "-1"], "argument --num-workers: must be >= 0"),
     (["demo", "--lr", "nan"], "lr (--lr) must be a finite number"),
+    (["demo", "--results", "/proc/none/curves"], "--results' folder /proc/none is not a writable folder"),
 ])
 def test_bench_and_demo_options_are_checked_before_any_work(args, expected, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -260,3 +263,170 @@ def test_eval_and_from_pretrained_build_the_model_adapter_config_records(data, t
     config_file.write_text(json.dumps(dict(run, seed=7)))   # another random backbone, without a word before
     with pytest.raises(ValueError, match=r"adapter_config.json and train_config.json disagree on the model: seed"):
         evaluate_adapters(str(folder), dict(num_workers=0, progress=False))
+
+
+# ----------------------------------- model and device flags refused before output_dir is touched
+
+def folder_state(root):
+    """{relative path: bytes (None for a folder)} of everything under `root`."""
+    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--adapter-layers", "99"], r"adapter_layers \(--adapter-layers\) \[99\]: the model has 1 blocks"),
+    (["--adapter-layers", "-1"], r"adapter_layers \(--adapter-layers\) must be >= 0, got -1"),
+    (["--adapter-layers", "0", "0"], r"adapter_layers \(--adapter-layers\) names 0 more than once"),
+    (["--device", "cuda:99"], r"device \(--device\) 'cuda:99': (no CUDA device is available|this machine has)"),
+    (["--lr", "1e300"], r"lr \(--lr\) must be a finite number"),
+    (["--compile-mode", "max-autotune"], r"compile_mode \(--compile-mode\) max-autotune needs --compile"),
+    (["--model-kwargs", '{"patch_size": 8, "depth": 0}'], r"model \(--model\) .* has no blocks to put adapters in"),
+    (["--input-size", "4"], r"input_size \(--input-size\) 4 cannot run through model \(--model\) vit_tiny"),
+    pytest.param(["--backend", "cuda"], r"backend \(--backend\) 'cuda' cannot run this input",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")),
+])
+def test_model_and_device_flags_are_refused_before_output_dir_is_touched(flags, expected, data, tmp_path, capsys):
+    new = tmp_path / "new"
+    code = run_main(["train", *data_flags(data), *TINY, "--steps", "1", "--output-dir", str(new), *flags])
+    assert re.search(expected, one_error_line(capsys, code))
+    assert not new.exists()
+    earlier = tmp_path / "earlier"   # an earlier run's folder: left exactly as it was
+    (earlier / "adapters").mkdir(parents=True)
+    (earlier / "adapters" / "adapters.safetensors").write_bytes(b"the earlier run's weights")
+    (earlier / "checkpoint.pt").write_bytes(b"the earlier run's checkpoint")
+    before = folder_state(earlier)
+    code = run_main(["train", *data_flags(data), *TINY, "--steps", "1", "--output-dir", str(earlier), *flags])
+    assert re.search(expected, one_error_line(capsys, code))
+    assert folder_state(earlier) == before
+
+
+def test_a_run_folder_with_results_but_no_checkpoint_is_not_overwritten(data, tmp_path, capsys):
+    run_main(["train", *data_flags(data), *TINY, "--steps", "1", "--output-dir", str(tmp_path)])
+    (tmp_path / "checkpoint.pt").unlink()   # kept the results, dropped the checkpoint
+    capsys.readouterr()
+    before = folder_state(tmp_path)
+    code = run_main(["train", *data_flags(data), *TINY, "--steps", "1", "--adapter-channels", "4",
+                     "--output-dir", str(tmp_path)])
+    line = one_error_line(capsys, code)
+    assert "output_dir (--output-dir)" in line and "adapters/ and metrics.json but no checkpoint.pt" in line
+    assert "--no-resume" in line and folder_state(tmp_path) == before
+
+
+@pytest.mark.parametrize("name, text", [("run.json", '{"lr": 1, "lr": 0.001}'), ("run.yaml", "lr: 1\nlr: 0.001\n"),
+                                        ("run.yaml", "model_kwargs:\n  depth: 1\n  depth: 2\n")])
+def test_a_config_file_that_gives_a_key_twice_is_refused(name, text, tmp_path, capsys):
+    (tmp_path / name).write_text(text)
+    code = run_main(["train", "--config", str(tmp_path / name), "--output-dir", str(tmp_path / "run")])
+    assert re.search(rf"{name}: .*the key (lr|depth) is given more than once", one_error_line(capsys, code))
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------- prepare, make-synthetic, bench
+
+@pytest.fixture(scope="module")
+def store(data, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("stores") / "store")
+    assert run_main(["prepare", data["train_list"], "--data-root", data["data_root"], "--out", out,
+                     "--num-workers", "0", "--no-progress"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--fps", "inf"], "--fps must be a finite number > 0, got inf"),
+    (["--num-workers", "-1"], "argument --num-workers: must be >= 0"),
+])
+def test_prepare_refuses_bad_values_naming_the_flag(flags, expected, data, tmp_path, capsys):
+    out = tmp_path / "store"
+    code = run_main(["prepare", data["train_list"], "--data-root", data["data_root"], "--out", str(out), *flags])
+    assert expected in one_error_line(capsys, code)
+    assert not out.exists()
+
+
+def test_prepare_names_what_is_wrong_with_its_folders(data, store, unreadable, tmp_path, capsys):
+    prepare = ["prepare", data["train_list"], "--num-workers", "0", "--no-progress"]
+    (tmp_path / "file").write_text("mine")
+    code = run_main([*prepare, "--data-root", data["data_root"], "--out", str(tmp_path / "file")])
+    assert "file is a file, not a folder" in one_error_line(capsys, code)
+    code = run_main([*prepare, "--data-root", store, "--out", str(tmp_path / "other")])
+    assert "store is a frame store: prepare reads the videos themselves" in one_error_line(capsys, code)
+    code = run_main(["prepare", unreadable["list"], "--data-root", unreadable["root"], "--out", str(tmp_path / "s"),
+                     "--num-workers", "0", "--no-progress"])
+    assert re.search(r"none of the 4 videos of .*list.txt could be decoded", one_error_line(capsys, code))
+
+
+@pytest.mark.parametrize("damage", [b"[]", b"{half"])
+def test_a_damaged_store_file_is_named(damage, data, store, tmp_path, capsys):
+    import shutil
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    (copy / "index.json").write_bytes(damage)
+    code = run_main(["train", "--train-list", data["train_list"], "--data-root", str(copy), "--num-classes", "2",
+                     *TINY, "--steps", "1", "--output-dir", str(tmp_path / "run")])
+    assert re.search(r"store/index.json: .*the store is damaged", one_error_line(capsys, code))
+    (copy / "store.json").write_bytes(damage)
+    code = run_main(["prepare", data["train_list"], "--data-root", data["data_root"], "--out", str(copy)])
+    assert re.search(r"store/store.json: .*the store is damaged", one_error_line(capsys, code))
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--size", "100000"], "--size must be <= 512"),
+    (["--num-frames", "10000000"], "--num-frames must be <= 1024"),
+])
+def test_make_synthetic_refuses_sizes_it_cannot_render(args, expected, tmp_path, capsys):
+    code = run_main(["make-synthetic", str(tmp_path / "data"), "--num-train", "2", "--num-val", "2", *args])
+    assert expected in one_error_line(capsys, code)
+    assert not (tmp_path / "data").exists()
+
+
+def test_make_synthetic_refuses_an_output_that_is_not_a_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert "is empty" in one_error_line(capsys, run_main(["make-synthetic", "", "--num-train", "2", "--num-val", "2"]))
+    (tmp_path / "file").write_text("mine")
+    code = run_main(["make-synthetic", "file", "--num-train", "2", "--num-val", "2"])
+    assert "file is not a writable folder" in one_error_line(capsys, code)
+    assert os.listdir(tmp_path) == ["file"] and (tmp_path / "file").read_text() == "mine"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--e2e"], "--e2e: not an option of the data mode"),
+    (["--quick", "--configs", "small"], "--quick, --configs: not an option of the data mode"),
+    (["--clips", "0"], "argument --clips: must be >= 1, got 0"),
+    (["--num-workers", "-1"], "argument --num-workers: must be >= 0"),
+])
+def test_bench_data_refuses_options_it_would_ignore_or_cannot_use(args, expected, data, capsys):
+    code = run_main(["bench", "--data", data["train_list"], "--data-root", data["data_root"], *args])
+    assert code == 2 and expected in one_error_line(capsys, code)
+
+
+def test_bench_refuses_data_options_without_data(capsys):
+    code = run_main(["bench", "--quick", "--clips", "5"])
+    assert code == 2 and "--clips: only an option of the data mode" in one_error_line(capsys, code)
+
+
+@pytest.mark.parametrize("text", ["{half", "[]"])
+def test_bench_refuses_an_out_file_it_could_not_merge_before_timing(text, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    out.write_text(text)
+    code = run_main(["bench", "--quick", "--rounds", "1", "--no-progress", "--out", str(out)])
+    assert re.search(r"--out .*results.json: not a results file", one_error_line(capsys, code))
+    assert out.read_text() == text and capsys.readouterr().out == ""   # nothing was timed
+
+
+def test_bench_data_that_reads_no_video_exits_non_zero(unreadable, tmp_path, capsys):
+    out = tmp_path / "data.json"
+    code = run_main(["bench", "--data", unreadable["list"], "--data-root", unreadable["root"], "--clips", "2",
+                     "--input-size", "32", "--out", str(out)])
+    assert re.search(r"2 of 2 videos of --data .*list.txt could not be read .*nothing to time",
+                     one_error_line(capsys, code))
+    assert not out.exists()
+
+
+def test_eval_of_a_run_folder_points_to_its_adapters_and_fp16_warns_nothing_of_torch(data, tmp_path, capsys):
+    # fp16 on the CPU: the GradScaler skips its first steps (inf gradients at its initial scale), and the
+    # schedule still advances, on purpose: torch's "lr_scheduler.step() before optimizer.step()" is noise
+    assert run_main(["train", *data_flags(data), *TINY, "--steps", "2", "--amp", "fp16",
+                     "--output-dir", str(tmp_path)]) == 0
+    assert "lr_scheduler" not in capsys.readouterr().err
+    code = run_main(["eval", str(tmp_path), "--num-workers", "0"])
+    assert f"is a run's output_dir: give {tmp_path / 'adapters'}" in one_error_line(capsys, code)
+    code = run_main(["eval", str(tmp_path / "metrics.json")])
+    assert "metrics.json is a file" in one_error_line(capsys, code)

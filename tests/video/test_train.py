@@ -208,7 +208,8 @@ def test_amp_bf16_run_computes_the_whole_backbone_in_bf16(data, tmp_path, monkey
 
     monkeypatch.setattr(train_module, "build_model", build_and_watch)
     result = train(tiny_config(data, tmp_path / "bf16", amp="bf16", steps=2, val_list=None))
-    assert set(seen) == {torch.bfloat16} and sum(seen.values()) == 2 * 4   # steps x Linears (one block)
+    # (the one clip that checks the model before the run + the steps) x Linears (one block)
+    assert set(seen) == {torch.bfloat16} and sum(seen.values()) == (1 + 2) * 4
     assert result["backbone_compute_dtype"] == "bfloat16"
     assert result["history"][0]["backbone_compute_dtype"] == "bfloat16"
     assert result["model"].backbone.blocks[0].attn.qkv.weight.dtype == torch.bfloat16   # frozen weights kept in bf16

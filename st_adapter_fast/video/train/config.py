@@ -9,6 +9,7 @@ import typing
 from dataclasses import dataclass, field
 
 from ...compiling import COMPILE_MODES
+from ...console import renamed_error
 from ...files import read_text
 from ...integrations.adapters import PLACEMENTS
 from ...integrations.backbones import check_model_name
@@ -30,6 +31,7 @@ def default_num_workers():
     return min(4, cores)
 
 
+FLOAT32_MAX = 3.4028234663852886e38   # a larger float value (--lr 1e300) overflows in the optimizer step
 MAX_SEED = 2 ** 31 - 1   # numpy's global seed (seed + rank) must stay below 2 ** 32
 
 
@@ -97,7 +99,7 @@ class TrainConfig:
         "adapter places in a block: attn and/or mlp ('mlp' needs timm's ViT Block: use attn for EVA / RoPE ViTs)",
         choices=PLACEMENTS))
     adapter_layers: typing.List[int] = field(default=None, metadata=_option(
-        "block indices that get adapters", "every block"))
+        "block indices that get adapters (0 is the first block)", "every block", minimum=0))
     activation: str = field(default="gelu", metadata=_option(
         "adapter activation (none: the authors' release)", choices=("gelu", "quick_gelu", "none")))
     pooling: str = field(default=AUTHORS_POOLING, metadata=_option(
@@ -173,6 +175,10 @@ class TrainConfig:
                 _check_value(f, item)
         if not self.placement:
             raise ValueError(f"{config_key('placement')} needs at least one of {PLACEMENTS}")
+        for name in ("placement", "adapter_layers"):
+            repeated = sorted({item for item in getattr(self, name) or () if getattr(self, name).count(item) > 1})
+            if repeated:
+                raise ValueError(f"{config_key(name)} names {', '.join(map(str, repeated))} more than once")
         try:
             check_kernel_size(self.kernel_size)
         except ValueError as error:
@@ -197,8 +203,7 @@ class TrainConfig:
             check_augmentation(self.train_crop, self.crop_scale, self.scale_jitter, self.rand_augment,
                                self.interpolation)
         except ValueError as error:   # its message starts with the argument's name: the field's
-            name = str(error).split()[0].rstrip(":")
-            raise ValueError(config_key(name) + str(error)[len(name):]) from None
+            raise renamed_error(error, field_key) from None
 
     @classmethod
     def from_dict(cls, values, source="config"):
@@ -241,10 +246,15 @@ def config_key(name):
     return f"{name} (--{name.replace('_', '-')})"
 
 
+def field_key(name):
+    """config_key(name) if `name` is a TrainConfig field, else None (for console.renamed_error)."""
+    return config_key(name) if name in {f.name for f in dataclasses.fields(TrainConfig)} else None
+
+
 def _check_value(f, value):
     checks = f.metadata
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{config_key(f.name)} must be a finite number, got {value!r}")
+    if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:   # nan too
+        raise ValueError(f"{config_key(f.name)} must be a finite number (of float32, the weights' type), got {value!r}")
     if checks.get("choices") is not None and value not in checks["choices"]:
         raise ValueError(f"{config_key(f.name)} must be one of {', '.join(map(str, checks['choices']))}, got {value!r}")
     if checks.get("minimum") is not None and value < checks["minimum"]:
@@ -256,8 +266,9 @@ def _check_value(f, value):
 
 
 def _check_device(device):
-    """ValueError naming --device unless `device` is None, cpu, cuda or cuda:N with N a device of this machine
-    (whether CUDA is there at all is checked when the run starts: a config may be read where it is not)."""
+    """ValueError naming --device unless `device` is None, cpu, cuda or cuda:N (whether this machine has that
+    device is checked before a run or an eval starts, distributed.check_device: a config may be read where it
+    has not, e.g. a run's train_config.json evaluated elsewhere)."""
     import torch
     if device is None:
         return
@@ -267,10 +278,6 @@ def _check_device(device):
         parsed = None
     if parsed is None or parsed.type not in ("cpu", "cuda"):
         raise ValueError(f"{config_key('device')} must be cpu, cuda or cuda:N, got {device!r}")
-    if parsed.type == "cuda" and parsed.index is not None and torch.cuda.is_available() \
-            and parsed.index >= torch.cuda.device_count():
-        raise ValueError(f"{config_key('device')} {device!r}: this machine has {torch.cuda.device_count()} CUDA "
-                         "device(s)")
 
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
@@ -361,6 +368,7 @@ BOOKKEEPING_FIELDS = {"num_workers", "output_dir", "save_every", "eval_every", "
 # What `eval` uses of a config besides the run's own (its flags).
 EVAL_FIELDS = ("val_list", "data_root", "eval_views", "eval_crops", "batch_size", "num_workers", "amp", "backend",
                "device", "progress")
+ADAPTERS_NAME = "adapters"   # the folder of a run's output_dir with its adapters (save_adapters)
 TRAIN_CONFIG_NAME = "train_config.json"   # a run's config, written beside its adapters (adapters/)
 # Paths that train_config.json stores absolute, so that eval works from any directory.
 _PATH_FIELDS = ("train_list", "val_list", "data_root", "backbone_checkpoint", "authors_checkpoint", "output_dir")
@@ -373,9 +381,9 @@ def load_config_file(path):
     text = read_text(path, "config file")
     if path.endswith((".yaml", ".yml")):
         import yaml
-        load, errors = (lambda text: yaml.safe_load(text) or {}), (ValueError, yaml.YAMLError)
+        load, errors = (lambda text: yaml.load(text, _yaml_loader()) or {}), (ValueError, yaml.YAMLError)
     else:   # JSON (train_config.json too: from_pretrained reads it without the [video] extra's PyYAML)
-        load, errors = json.loads, ValueError
+        load, errors = functools.partial(json.loads, object_pairs_hook=_unique_keys), ValueError
     try:
         values = load(text)
     except errors as error:
@@ -384,6 +392,31 @@ def load_config_file(path):
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
     return coerce_config_values(values, path)
+
+
+def _unique_keys(pairs):
+    """A mapping's (key, value) pairs as a dict; ValueError if a key is given twice (the last would win unseen)."""
+    keys = [key for key, _ in pairs]
+    repeated = sorted({str(key) for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"the key {repeated[0]} is given more than once")
+    return dict(pairs)
+
+
+@functools.lru_cache(maxsize=1)
+def _yaml_loader():
+    """PyYAML's safe loader, refusing a mapping that gives a key twice (as _unique_keys)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node):
+        loader.flatten_mapping(node)
+        return _unique_keys([(loader.construct_object(key, deep=True), loader.construct_object(value, deep=True))
+                             for key, value in node.value])
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
 
 
 def add_config_arguments(parser, only=None, default_text=None):

@@ -4,13 +4,28 @@ import os
 import torch
 import torch.distributed as dist
 
+from .config import config_key
+
+
+def check_device(device):
+    """`device` (a TrainConfig's: None, cpu, cuda or cuda:N) as this machine can run it (None: cuda if available,
+    else cpu); ValueError naming --device if it names CUDA where there is none, or a CUDA device this machine
+    does not have."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    parsed = torch.device(device)
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{config_key('device')} {device!r}: no CUDA device is available here; use cpu")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"{config_key('device')} {device!r}: this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
+
 
 def setup_distributed(device=None):
     """(rank, world_size, device). Under torchrun (WORLD_SIZE > 1) joins the process group: nccl when
     the device is CUDA, gloo otherwise."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device (--device) {device!r}: no CUDA device is available here; use cpu")
+    device = check_device(device)
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     if device == "cuda":

@@ -5,10 +5,10 @@ import torch
 
 from ..data import SkipCounter, collate_clips
 from ..transforms import normalize_clip
-from .config import TRAIN_CONFIG_NAME, TrainConfig, config_key, load_config_file
+from .config import ADAPTERS_NAME, TRAIN_CONFIG_NAME, TrainConfig, config_key, load_config_file
 from .distributed import all_reduce_sum, setup_distributed
 from .loader import make_dataset
-from .model import autocast, classifier_arguments, run_model_record
+from .model import autocast, check_model_runs, classifier_arguments, run_model_record
 
 
 @torch.no_grad()
@@ -60,7 +60,10 @@ def evaluate_adapters(adapters_dir, overrides=None):
     from ...integrations.pretrained import from_pretrained
     config_path = os.path.join(adapters_dir, TRAIN_CONFIG_NAME)
     if not os.path.lexists(config_path):
-        raise FileNotFoundError(f"{config_path} not found: expected the adapters/ folder of a train run")
+        inside = os.path.join(adapters_dir, ADAPTERS_NAME)
+        hint = (f"; {adapters_dir} is a run's output_dir: give {inside}" if os.path.isfile(os.path.join(
+            inside, TRAIN_CONFIG_NAME)) else f" ({adapters_dir} is a file)" if os.path.isfile(adapters_dir) else "")
+        raise FileNotFoundError(f"{config_path} not found: expected the adapters/ folder of a train run{hint}")
     values = load_config_file(config_path)
     record = run_model_record(adapters_dir, TrainConfig.from_dict(values, source=config_path))
     config = TrainConfig.from_dict(dict(values, **(overrides or {})), source=config_path)
@@ -69,5 +72,6 @@ def evaluate_adapters(adapters_dir, overrides=None):
     rank, world_size, device = setup_distributed(config.device)
     model = from_pretrained(adapters_dir, checkpoint_path=record.get("checkpoint_path"),
                             authors_checkpoint=record.get("authors_checkpoint"), backend=config.backend,
-                            backbone_dtype=classifier_arguments(config)["backbone_dtype"])
-    return evaluate(model.to(device), config, device, rank, world_size)
+                            backbone_dtype=classifier_arguments(config)["backbone_dtype"]).to(device)
+    check_model_runs(model, config, device)
+    return evaluate(model, config, device, rank, world_size)

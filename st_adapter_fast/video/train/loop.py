@@ -20,13 +20,13 @@ from ..data import SkipCounter, read_video_list
 from ..store import is_store
 from ..transforms import normalize_clip
 from .checkpoints import CHECKPOINT_NAME, checkpoint_step, load_checkpoint, save_checkpoint
-from .config import TRAIN_CONFIG_NAME, absolute_paths, config_key, resolve_schedule
-from .distributed import all_reduce_sum, setup_distributed
+from .config import ADAPTERS_NAME, TRAIN_CONFIG_NAME, absolute_paths, config_key, resolve_schedule
+from .distributed import all_reduce_sum, check_device, setup_distributed
 from .evaluation import evaluate, format_metrics
 from .loader import iterate_batches, make_train_loader
-from .model import autocast, build_model, build_optimizer
+from .model import autocast, build_model, build_optimizer, check_model_runs
 
-LOG_NAME, METRICS_NAME, ADAPTERS_NAME = "log.jsonl", "metrics.json", "adapters"
+LOG_NAME, METRICS_NAME = "log.jsonl", "metrics.json"
 RUN_FILES = (CHECKPOINT_NAME, LOG_NAME, METRICS_NAME, ADAPTERS_NAME)   # what a run writes to output_dir
 # a logging interval (after the first, which includes the loader's start) that waits for data more than this
 # fraction of its time on an accelerator gets a warning: the device starves
@@ -74,7 +74,9 @@ def train_step(model, batches, optimizer, scheduler, scaler, config, device, ski
     else:
         optimizer.zero_grad(set_to_none=True)
         losses = [math.nan]
-    scheduler.step()
+    with warnings.catch_warnings():   # after a skipped step too, on purpose: torch's warning is not the user's concern
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        scheduler.step()
     return sum(losses) / len(losses), correct, clips
 
 
@@ -102,14 +104,19 @@ def _seed_everything(seed):
 
 
 def check_can_train(config):
-    """ValueError naming what a training run needs and `config` lacks (train_list, num_classes), or a weights file
-    it names that is missing or not a regular file."""
+    """ValueError naming what a training run needs and `config` lacks (train_list, num_classes), a weights file
+    it names that is missing or not a regular file, a device this machine does not have, or a compile_mode
+    without compile (which would be ignored)."""
     missing = [config_key(name) for name in ("train_list", "num_classes") if getattr(config, name) is None]
     if missing:
         raise ValueError(f"train needs {' and '.join(missing)}")
     for name in ("backbone_checkpoint", "authors_checkpoint"):
         if getattr(config, name):
             check_regular_file(getattr(config, name), config_key(name))
+    check_device(config.device)
+    if config.compile_mode != "default" and not config.compile:
+        raise ValueError(f"{config_key('compile_mode')} {config.compile_mode} needs --compile (compile: true): "
+                         "without it nothing is compiled")
 
 
 def train(config):
@@ -125,7 +132,6 @@ def train(config):
     from ...report import parameter_report
     check_can_train(config)
     started = time.perf_counter()
-    _check_output_folders(config.output_dir)
     rank, world_size, device = setup_distributed(config.device)
     # the data first: a wrong list or root fails in seconds, before a model is built or a step is run
     loader, sampler = make_train_loader(config, rank, world_size, device)
@@ -134,6 +140,8 @@ def train(config):
     if config.val_list:
         read_video_list(config.val_list, config.data_root, config.num_classes)
     model = build_model(config).to(device)
+    probed_dtype = check_model_runs(model, config, device)
+    _check_output_folders(config)   # only now: a run refused above leaves output_dir as it was
     _seed_everything(config.seed + rank)   # dropout differs between ranks, as with independent samples
     trained = compile_model(model, config.compile_mode) if config.compile else model
     if world_size > 1:   # DDP around the compiled model: dynamo cannot trace DDP's own forward as one graph
@@ -158,7 +166,7 @@ def train(config):
                disable=rank != 0 or not config.progress)
     backbone_dtype = None   # what the backbone's Linear layers computed in, seen by hooks on the first step
     if config.compile:   # hooks would be traced into the compiled graph, and removing them would recompile it
-        backbone_dtype = log.backbone_compute_dtype = _backbone_dtype_on_one_clip(model, config, device)
+        backbone_dtype = log.backbone_compute_dtype = probed_dtype
     while position["step"] < last:
         with linear_compute_dtypes(model.backbone) if backbone_dtype is None else contextlib.nullcontext() as seen:
             loss, correct, clips = train_step(trained, batches, optimizer, scheduler, scaler, config, device, skips)
@@ -254,18 +262,6 @@ def _say_schedule(rank, config, num_videos):
         _say(rank, "; ".join(parts))
 
 
-def _backbone_dtype_on_one_clip(model, config, device):
-    """What the backbone's Linear layers compute in, seen by hooks on one eager forward of a clip of zeros, in
-    eval mode (no dropout: the RNG streams stay those of a run without it)."""
-    was_training = model.training
-    model.eval()
-    size = config.input_size
-    with torch.no_grad(), autocast(config, device), linear_compute_dtypes(model.backbone) as seen:
-        model(torch.zeros(1, 3, config.num_frames, size, size, device=device))
-    model.train(was_training)
-    return compute_dtype_name(seen)
-
-
 def _say(rank, message):
     """A line for the user on rank 0 (through tqdm, so that a progress bar stays whole)."""
     if rank == 0:
@@ -273,10 +269,12 @@ def _say(rank, message):
         tqdm.write(message)
 
 
-def _check_output_folders(output_dir):
-    """Before any work: output_dir is a folder this process can write in, and what a run writes there is
-    not in the way (adapters/ a folder, the others regular files: a FIFO would block), so that a long run
-    cannot fail at its end."""
+def _check_output_folders(config):
+    """Before any training: output_dir is a folder this process can write in, what a run writes there is not
+    in the way (adapters/ a folder, the others regular files: a FIFO would block), so that a long run cannot
+    fail at its end, and a resumed run has a checkpoint to resume from if an earlier run's results are there
+    (it would overwrite them)."""
+    output_dir = config.output_dir
     check_writable_folder(output_dir, config_key("output_dir"))
     for name in RUN_FILES:
         path = os.path.join(output_dir, name)
@@ -287,6 +285,12 @@ def _check_output_folders(output_dir):
     adapters = os.path.join(output_dir, ADAPTERS_NAME)
     if os.path.isdir(adapters):
         check_writable_folder(adapters, config_key("output_dir"))
+    results = [name + "/" * (name == ADAPTERS_NAME) for name in (ADAPTERS_NAME, METRICS_NAME)
+               if os.path.lexists(os.path.join(output_dir, name))]
+    if config.resume and results and not os.path.lexists(os.path.join(output_dir, CHECKPOINT_NAME)):
+        raise ValueError(f"{config_key('output_dir')} {output_dir} holds an earlier run's {' and '.join(results)} but "
+                         f"no {CHECKPOINT_NAME} to resume from: this run would overwrite them. Use another output_dir, "
+                         "or --no-resume to delete them and start over")
 
 
 class _Guard:

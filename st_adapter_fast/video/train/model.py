@@ -6,10 +6,14 @@ import os
 
 import torch
 
+from ...console import renamed_error
 from ...integrations.checkpointing import set_checkpointing
+from .config import config_key, field_key
 
 
 AMP_DTYPES = dict(bf16=torch.bfloat16, fp16=torch.float16)
+# build_video_classifier's arguments whose TrainConfig field has another name (classifier_arguments)
+_ARGUMENT_FIELDS = dict(model_name="model", checkpoint_path="backbone_checkpoint", layers="adapter_layers")
 
 
 def classifier_arguments(config):
@@ -66,7 +70,13 @@ def build_model(config):
     (not compiled: `train` compiles what it trains)."""
     from ...integrations.authors import load_authors_checkpoint
     from ...integrations.classifier import build_video_classifier
-    model = build_video_classifier(**classifier_arguments(config))
+    try:
+        model = build_video_classifier(**classifier_arguments(config))
+    except (ValueError, TypeError) as error:   # the API names its argument ("layers=[99]: ..."): name the flag
+        raise renamed_error(error, lambda name: field_key(_ARGUMENT_FIELDS.get(name, name))) from None
+    if not any(".st_adapter_" in name for name, _ in model.named_parameters()):
+        raise ValueError(f"{config_key('model')} {config.model} with {config_key('model_kwargs')} "
+                         f"{json.dumps(config.model_kwargs)} has no blocks to put adapters in")
     if config.authors_checkpoint:
         load_authors_checkpoint(model, config.authors_checkpoint)
         model.build_arguments["authors_checkpoint"] = os.path.abspath(config.authors_checkpoint)
@@ -100,3 +110,28 @@ def autocast(config, device):
     """The autocast context of `config.amp` on `device` (disabled for amp none)."""
     dtype = AMP_DTYPES.get(config.amp)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def check_model_runs(model, config, device):
+    """One clip of zeros through `model` as `config` runs it (autocast), in eval mode without gradients (no
+    dropout: the RNG streams stay those of a run without it), before a run or an eval writes or reads anything:
+    a model that cannot take the config's clips (an input_size below its patch size, a backend this device
+    lacks) is refused naming the fields and flags. Returns what the backbone's Linear layers computed in."""
+    from ...measure import compute_dtype_name, linear_compute_dtypes
+    was_training = model.training
+    model.eval()
+    size = config.input_size
+    try:
+        with torch.no_grad(), autocast(config, device), linear_compute_dtypes(model.backbone) as seen:
+            model(torch.zeros(1, 3, config.num_frames, size, size, device=device))
+    except torch.OutOfMemoryError:
+        raise
+    except (ValueError, TypeError) as error:   # the adapters' checks name their argument ("backend='cuda' ...")
+        raise renamed_error(error, field_key) from None
+    except RuntimeError as error:   # from inside the backbone
+        raise ValueError(f"one clip of {config_key('num_frames')} {config.num_frames} frames at "
+                         f"{config_key('input_size')} {size} cannot run through {config_key('model')} {config.model} "
+                         f"on {device}: {' '.join(str(error).split())}") from None
+    finally:
+        model.train(was_training)
+    return compute_dtype_name(seen)
