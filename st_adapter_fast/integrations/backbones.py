@@ -130,10 +130,13 @@ def check_model_name(spec):
 
 
 def absolute_spec(spec):
-    """`spec` with a local config path made absolute, so that a recorded spec works from any directory."""
+    """`spec` in one spelling per model, as recorded: a local config path made absolute, so that a recorded spec
+    works from any directory, and timm's names without the optional `timm:` prefix."""
     library, name = split_spec(spec)
     prefix = next(p for p, lib in LIBRARIES.items() if lib is library)
-    if library is timm or not os.path.exists(name):
+    if library is timm:
+        return name
+    if not os.path.exists(name):
         return spec
     return f"{prefix}:{os.path.abspath(name)}"
 

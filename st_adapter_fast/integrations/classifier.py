@@ -247,6 +247,9 @@ def build_video_classifier(model_name, num_classes, *, num_frames=8, adapter_cha
         if seed is not None:
             torch.manual_seed(seed)
         backbone = create_backbone(model_name, **dict(model_kwargs or {}))
+        if not backbone_type(backbone).blocks(backbone):
+            raise ValueError(f"model_name={model_name!r} with model_kwargs={dict(model_kwargs or {})}: the "
+                             f"{type(backbone).__name__} has no blocks to put adapters in")
         if checkpoint_path is not None:
             load_backbone_checkpoint(backbone, checkpoint_path)
         add_st_adapters(backbone, num_frames=num_frames, **adapter_arguments)

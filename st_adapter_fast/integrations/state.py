@@ -19,7 +19,8 @@ def read_state_dict(path):
         state = (load_file(path) if path.endswith(".safetensors")
                  else torch.load(path, map_location="cpu", weights_only=True))
     except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = ("not a torch file of tensors" if isinstance(error, pickle.UnpicklingError)  # torch's text
+                  else str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
         raise ValueError(f"{path}: not a readable .safetensors or torch checkpoint file ({reason})") from None
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):

@@ -239,6 +239,14 @@ def test_how_a_model_runs_may_differ_from_the_record_and_overrides_are_the_calle
     assert model.pooling == "norm_then_mean"
 
 
+def test_one_model_spelled_two_ways_is_one_model(saved):
+    """timm's names with or without the `timm:` prefix build the same model: the record keeps one spelling."""
+    arguments = dict(num_frames=2, adapter_channels=8, dropout=0.0, model_kwargs=TINY, seed=0)
+    prefixed = saf.build_video_classifier("timm:vit_tiny_patch16_224", 3, **arguments)
+    saf.load_adapters(prefixed, saved)
+    assert prefixed.build_record()["model_name"] == "vit_tiny_patch16_224"
+
+
 def assert_load_refused_model_untouched_by(model, folder, match):
     before = state(model)
     with pytest.raises(ValueError, match=match):

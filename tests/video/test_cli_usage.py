@@ -188,6 +188,21 @@ def test_train_and_eval_a_hugging_face_backbone_from_its_model_spec(data, tmp_pa
     assert type(model.backbone).__name__ == "Dinov2Model" and model.backbone.config.image_size == 32
 
 
+def test_a_relative_model_spec_trains_and_evaluates(data, tmp_path, capsys, monkeypatch):
+    """`--model hf:<config folder>` relative to the working directory, and timm's `timm:` prefix: eval reads the
+    run as train recorded it (the model's record keeps one spelling of the spec)."""
+    transformers = pytest.importorskip("transformers")
+    monkeypatch.chdir(tmp_path)
+    transformers.Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, patch_size=8,
+                              mlp_ratio=2, image_size=32).save_pretrained("config")
+    for run, spec, kwargs in (("hf", "hf:config", "{}"), ("timm", "timm:vit_tiny_patch16_224", '{"depth": 1}')):
+        assert cli.main(["train", "--train-list", data["train"], "--data-root", data["root"], "--num-classes", "2",
+                         *TINY, "--model", spec, "--model-kwargs", kwargs, "--steps", "1", "--warmup-steps", "1", "--output-dir", run]) == 0
+        assert cli.main(["eval", os.path.join(run, "adapters"), "--val-list", data["val"],
+                         "--data-root", data["root"], "--no-progress"]) == 0
+    capsys.readouterr()
+
+
 def test_ctrl_c_says_the_checkpoint_is_kept_and_how_to_resume(data, tmp_path, capsys, monkeypatch):
     from st_adapter_fast.video import train as train_module
     args = ["train", "--train-list", data["train"], "--data-root", data["root"], "--num-classes", "2", *TINY,

@@ -4,6 +4,7 @@ import sys
 from torch import nn
 
 from . import import_library
+from ..state import read_state_dict
 
 
 def _timm():
@@ -36,8 +37,7 @@ def checkpoint_state(model, path):
     """The tensors of a local timm-format (or, through the model's own filter, e.g. OpenAI CLIP) checkpoint for
     `model`, but for the classifier head. timm's pretrained-file route is not used: how it reads a local file
     differs between timm versions (some take any file for a JAX .npz)."""
-    from timm.models import load_state_dict
-    state = load_state_dict(str(path))
+    state = read_state_dict(path)
     filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
     if filter_fn is not None:
         state = filter_fn(state, model)

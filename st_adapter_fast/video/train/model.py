@@ -7,6 +7,7 @@ import os
 import torch
 
 from ...console import renamed_error
+from ...integrations.backbones import absolute_spec
 from ...integrations.checkpointing import set_checkpointing
 from .config import config_key, field_key
 
@@ -19,7 +20,7 @@ _ARGUMENT_FIELDS = dict(model_name="model", checkpoint_path="backbone_checkpoint
 def classifier_arguments(config):
     """The build_video_classifier arguments of `config` (the model part of a run). Under `amp` the frozen
     backbone's weights are kept in the amp dtype unless `backbone_fp32`; init draws from `config.seed`."""
-    return dict(model_name=config.model, num_classes=config.num_classes, num_frames=config.num_frames,
+    return dict(model_name=absolute_spec(config.model), num_classes=config.num_classes, num_frames=config.num_frames,
                 checkpoint_path=config.backbone_checkpoint, dropout=config.dropout,
                 backbone_dtype=None if config.backbone_fp32 else AMP_DTYPES.get(config.amp), pooling=config.pooling,
                 model_kwargs=dict(dict(img_size=config.input_size), **config.model_kwargs), seed=config.seed,
@@ -74,9 +75,6 @@ def build_model(config):
         model = build_video_classifier(**classifier_arguments(config))
     except (ValueError, TypeError) as error:   # the API names its argument ("layers=[99]: ..."): name the flag
         raise renamed_error(error, lambda name: field_key(_ARGUMENT_FIELDS.get(name, name))) from None
-    if not any(".st_adapter_" in name for name, _ in model.named_parameters()):
-        raise ValueError(f"{config_key('model')} {config.model} with {config_key('model_kwargs')} "
-                         f"{json.dumps(config.model_kwargs)} has no blocks to put adapters in")
     if config.authors_checkpoint:
         load_authors_checkpoint(model, config.authors_checkpoint)
         model.build_arguments["authors_checkpoint"] = os.path.abspath(config.authors_checkpoint)
