@@ -37,7 +37,7 @@ from torch import nn
 
 from ..integrations.checkpointing import set_checkpointing
 from ..compiling import compile_model
-from ..integrations.timm import build_video_classifier
+from ..integrations.timm import build_video_classifier, remove_st_adapters
 from ..measure import LiveTensorBytes, compute_dtype_name, linear_compute_dtypes
 from ..module import STAdapter
 from ..reference import STAdapterReference
@@ -299,8 +299,8 @@ def build_models(device, model_name=AUTHORS_MODEL, frames=8, img_size=224, adapt
                   adapter_channels=adapter_channels, placement=("mlp",), activation=None)
     torch.manual_seed(0)
     base = build_video_classifier(model_name, num_classes, **common).to(device)
-    plain = build_video_classifier(model_name, num_classes, layers=[], **common).to(device)
-    plain.load_state_dict(base.state_dict(), strict=False)   # the same backbone and head weights
+    plain = remove_st_adapters(copy.deepcopy(base))   # the same backbone and head weights
+    plain.backbone.requires_grad_(False)
     return base, plain
 
 
