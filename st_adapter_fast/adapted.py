@@ -8,21 +8,16 @@ say how it was built has `build_record()` (JSON-able arguments) and names in `re
 that decide what it computes, which load_adapters requires a folder's record to agree on. Nothing here
 knows any model library.
 """
-from torch import nn
+from .validation import check_module
 
 
 def adapted_module(model):
     """`model` or the module inside it whose adapters an integration added (it carries `st_adapter_config`)."""
-    _check_module(model)
+    check_module(model, "model (a model with ST-Adapters)")
     for m in model.modules():
         if getattr(m, "st_adapter_config", None) is not None:
             return m
     raise ValueError("the model has no ST-Adapters (use add_st_adapters or build_video_classifier)")
-
-
-def _check_module(model):
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"expected a torch.nn.Module (a model with ST-Adapters), got {type(model).__name__}")
 
 
 def has_st_adapters(model):

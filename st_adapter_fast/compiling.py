@@ -11,6 +11,8 @@ import warnings
 import torch
 from torch import nn
 
+from .validation import check_module
+
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 # torch.compile backend; "aot_eager" (no code generation) tells a dynamo / AOTAutograd problem from an inductor
 # one, and compiles in seconds where inductor takes minutes (tests).
@@ -25,8 +27,7 @@ def compile_model(model, mode="default", backend=None):
 
     Compiles lazily, on the first call, as one graph (fullgraph); a model that dynamo cannot trace whole
     is compiled with graph breaks instead, with a warning that says where."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"compile_model expects a torch.nn.Module, got {type(model).__name__}")
+    check_module(model, "compile_model's model")
     if backend is not None and not isinstance(backend, str) and not callable(backend):
         raise TypeError(f"backend must be None, a torch.compile backend name or a callable, got {backend!r}")
     if mode not in COMPILE_MODES:

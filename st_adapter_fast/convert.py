@@ -8,6 +8,7 @@ from torch import nn
 
 from .module import STAdapter
 from .reference import STAdapterReference
+from .validation import check_module
 
 _CHILDREN = {"fc1": nn.Linear, "conv": nn.Conv3d, "fc2": nn.Linear}   # exact types: a subclass may compute otherwise
 
@@ -142,8 +143,7 @@ def convert(model, backend="auto"):
     All replacements are built before the first is put in place: if one fails, `model` is unchanged.
     `model` itself is never replaced. Returns a `ConversionReport`: the number replaced (an int), with
     `.converted` (their names) and `.skipped` ({name: why})."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
+    check_module(model, "convert's model")
     names = {}
     for name, module in model.named_modules():
         names.setdefault(id(module), name)

@@ -1,9 +1,8 @@
 """`parameter_report`: how many parameters train, in total and per group."""
 from dataclasses import dataclass, field
 
-from torch import nn
-
 from .reference import STAdapterReference
+from .validation import check_module
 
 
 @dataclass
@@ -29,8 +28,7 @@ class ParameterReport:
 def parameter_report(model):
     """Trainable / total parameter counts of `model`, with adapters (every STAdapter or
     STAdapterReference inside it) counted as one group and the rest by top-level child."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"parameter_report expects a torch.nn.Module, got {type(model).__name__}")
+    check_module(model, "parameter_report's model")
     adapter_params = {id(p) for m in model.modules() if isinstance(m, STAdapterReference) for p in m.parameters()}
     groups = {}
     for name, p in model.named_parameters():

@@ -71,6 +71,12 @@ def resolve_grid(num_patches, grid_size, kernel_size=None):
     return height, width
 
 
+def check_module(model, name):
+    """TypeError unless `model` is a torch.nn.Module, naming it as `name` (e.g. "convert's model")."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
+
+
 def check_grid_size(grid_size):
     """`grid_size` as a pair (H, W) of positive ints; ValueError / TypeError naming it otherwise."""
     if not isinstance(grid_size, (tuple, list)) or len(grid_size) != 2:

@@ -32,7 +32,7 @@ from ..activations import check_activation
 from ..adapted import adapted_module, adapter_config, has_st_adapters  # noqa: F401 (public here too)
 from ..module import STAdapter
 from ..ops import BACKENDS
-from ..validation import as_int, check_kernel_size
+from ..validation import as_int, check_kernel_size, check_module
 from .backbones import backbone_type
 from .blocks import block_type, supported_blocks
 
@@ -234,8 +234,7 @@ def _uncompiled(model, what):
     """`model`, or the module inside a torch.compile wrapper, with a warning if `model` or a module in it was
     compiled: dynamo does not guard on module hooks (torch._dynamo.config.skip_nnmodule_hook_guards), so graphs
     compiled before hooks were added or removed keep running without (or with) them."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{what} expects a torch.nn.Module, got {type(model).__name__}")
+    check_module(model, f"{what}'s model")
     if any(hasattr(m, "_orig_mod") or getattr(m, "_compiled_call_impl", None) is not None for m in model.modules()):
         warnings.warn(f"{what} on a torch.compile'd module: graphs it has already compiled may not see the change "
                       "of hooks and keep computing the model as it was; call torch._dynamo.reset() or compile the "

@@ -133,11 +133,11 @@ def absolute_spec(spec):
     """`spec` in one spelling per model, as recorded: a local config path made absolute, so that a recorded spec
     works from any directory, and timm's names without the optional `timm:` prefix."""
     library, name = split_spec(spec)
-    prefix = next(p for p, lib in LIBRARIES.items() if lib is library)
     if library is timm:
         return name
     if not os.path.exists(name):
         return spec
+    prefix = next(p for p, lib in LIBRARIES.items() if lib is library)
     return f"{prefix}:{os.path.abspath(name)}"
 
 

@@ -20,7 +20,7 @@ import torch
 from ..checkpoint import CLASSIFIER_KEY, CONFIG_NAME, load_adapters, read_adapter_config
 from ..files import check_regular_file
 from .authors import load_authors_checkpoint
-from .classifier import build_video_classifier, check_model_kwargs  # noqa: F401 (the record's check, here too)
+from .classifier import build_video_classifier, check_model_kwargs
 
 # Callables folder -> build_video_classifier arguments, or None when the folder is not theirs; asked in order
 # when adapter_config.json records no build arguments.
@@ -28,7 +28,6 @@ _FOLDER_READERS = []
 # Where a recorded model's backbone weights came from: local files, not rebuilt unless given again.
 WEIGHT_SOURCES = ("checkpoint_path", "authors_checkpoint")
 BACKBONE_DTYPES = ("float32", "float16", "bfloat16", "float64")
-
 
 
 def register_folder_reader(reader):

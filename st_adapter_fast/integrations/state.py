@@ -5,7 +5,7 @@ import pickle
 import torch
 
 from ..files import check_regular_file
-from ..validation import check_state_dict  # noqa: F401 (the check of every state-dict load, here too)
+from ..validation import check_state_dict
 
 
 def read_state_dict(path):

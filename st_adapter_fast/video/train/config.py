@@ -14,8 +14,7 @@ from ...files import read_text
 from ...integrations.adapters import PLACEMENTS
 from ...integrations.backbones import check_model_name
 from ...integrations.checkpointing import CHECKPOINTING
-from ...integrations.classifier import AUTHORS_POOLING, POOLINGS
-from ...integrations.pretrained import check_model_kwargs
+from ...integrations.classifier import AUTHORS_POOLING, POOLINGS, check_model_kwargs
 from ...ops import BACKENDS
 from ...validation import check_kernel_size
 from ..recipes import RECIPES, with_recipe

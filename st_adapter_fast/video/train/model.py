@@ -122,7 +122,7 @@ def check_model_runs(model, config, device):
     try:
         with torch.no_grad(), autocast(config, device), linear_compute_dtypes(model.backbone) as seen:
             model(torch.zeros(1, 3, config.num_frames, size, size, device=device))
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:   # (torch.OutOfMemoryError from torch 2.5 on: the same class)
         raise
     except (ValueError, TypeError) as error:   # the adapters' checks name their argument ("backend='cuda' ...")
         raise renamed_error(error, field_key) from None
